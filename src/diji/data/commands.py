@@ -1,0 +1,105 @@
+"""CLI for stage 2: `diji data prepare`, `diji data report`, `diji tokenizer train`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add the `data` and `tokenizer` command groups to the top-level sub-parsers."""
+    data = sub.add_parser("data", help="prepare and inspect token datasets")
+    data.set_defaults(func=lambda a: _help(data))
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+
+    p = dsub.add_parser(
+        "prepare",
+        help="read, curate, tokenize and shard a corpus",
+        description="Read .txt/.jsonl/.parquet inputs (optionally .gz/.zst), curate them, train or use a "
+        "tokenizer, and write train-*.bin / val-*.bin shards with manifest.json. Resumable: rerun the "
+        "same command after an interruption.",
+    )
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, directories or globs")
+    p.add_argument("--out", required=True, metavar="DIR", help="output data directory")
+    p.add_argument("--config", metavar="FILE", help="TOML data config (see examples/data*.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--tokenizer", metavar="FILE", help="use this tokenizer.json instead of training one")
+    p.add_argument("--decontaminate", nargs="+", default=[], metavar="PATH", help="evaluation sets to remove")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_prepare)
+
+    r = dsub.add_parser("report", help="human-readable summary of a data directory (markdown)")
+    r.add_argument("dir", metavar="DIR")
+    r.add_argument("--verify", action="store_true", help="also check every shard's sha256")
+    r.set_defaults(func=_report)
+
+    tok = sub.add_parser("tokenizer", help="train byte-level BPE tokenizers")
+    tok.set_defaults(func=lambda a: _help(tok))
+    tsub = tok.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
+    t = tsub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
+    t.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, directories or globs")
+    t.add_argument("--vocab-size", type=int, required=True, metavar="N")
+    t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument("--text-field", default="text", metavar="NAME", help="JSONL field / parquet column")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_tokenizer_train)
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from diji.config import load_config
+    from diji.data.prepare import DataConfig, prepare
+    from diji.data.report import curation_summary
+
+    cfg = load_config(DataConfig, args.config, args.set)
+    manifest = prepare(
+        args.input,
+        Path(args.out),
+        cfg,
+        tokenizer=args.tokenizer,
+        decontaminate=args.decontaminate,
+        show_progress=not args.quiet,
+    )
+    s = manifest["stats"]
+    summary = curation_summary(manifest)
+    removed = ", ".join(f"{k} {v}" for k, v in summary["removed"].items() if v) or "nothing"
+    print(
+        f"wrote {args.out}: {s['tokens']['train']:,} train + {s['tokens']['val']:,} val tokens "
+        f"from {s['documents']['train'] + s['documents']['val']:,} of {s['read']['documents']:,} documents "
+        f"(removed: {removed}; bad inputs: {s['read']['bad_total']})"
+    )
+    print(f"details: diji data report {args.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from diji.data.prepare import load_manifest, verify_shards
+    from diji.data.report import render_report
+
+    manifest = verify_shards(args.dir) if args.verify else load_manifest(args.dir)
+    sys.stdout.write(render_report(manifest, Path(args.dir)))
+    return 0
+
+
+def _tokenizer_train(args: argparse.Namespace) -> int:
+    from diji.data.readers import ReadStats, expand_inputs, iter_documents
+    from diji.data.tokenizer import Tokenizer, train_tokenizer
+    from diji.errors import DijiError
+
+    paths = expand_inputs(args.input)
+    stats = ReadStats()
+    texts = (d.text for d in iter_documents(paths, args.text_field, stats))
+    out = train_tokenizer(texts, args.vocab_size, Path(args.out), show_progress=not args.quiet)
+    if stats.documents == 0:
+        out.unlink()
+        raise DijiError(f"no readable documents in {', '.join(args.input)} ({stats.to_dict()['bad_total']} bad inputs)")
+    tok = Tokenizer.from_file(out)
+    bad = stats.to_dict()["bad_total"]
+    print(f"wrote {out}: vocab {tok.vocab_size} from {stats.documents:,} documents ({bad} bad inputs skipped)")
+    return 0

@@ -1,0 +1,1 @@
+"""Stage 6: metrics logs, training reports with plots, and lineage."""

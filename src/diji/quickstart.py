@@ -1,0 +1,128 @@
+"""`diji quickstart`: the whole chain on the embedded default corpus, on a CPU, in minutes.
+
+corpus (this machine's Python standard library: docstrings and code) → curated, tokenized shards →
+pretrained model → sample → report + summary.json. Each stage writes its part of summary.json,
+whose keys later stages extend and never rename (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diji.io import atomic_write_json
+
+# The default recipe: a ~4M-parameter Llama-style model that fits a 2-core CPU's few minutes.
+PRETRAIN_OVERRIDES = [
+    "model.vocab_size=4096", "model.hidden_size=256", "model.num_hidden_layers=4",
+    "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.intermediate_size=704",
+    "model.max_position_embeddings=512", "data.seq_len=256",
+    "train.batch_size=16", "train.max_steps=300", "train.log_every=10", "train.eval_every=50",
+    "train.eval_batches=8", "train.save_every=100", "optim.lr=3e-3", "optim.warmup_steps=20",
+]
+
+
+def unigram_loss(data_dir: Path) -> float:
+    """Cross-entropy (nats/token) of the val split under the train split's add-one unigram model:
+    the loss a model that ignores context would reach. Pretraining must end clearly below it."""
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
+    vocab = int(manifest["vocab_size"])
+    counts = {s: np.zeros(vocab, np.int64) for s in ("train", "val")}
+    for shard in manifest["shards"]:
+        arr = np.memmap(data_dir / shard["file"], dtype=dtype, mode="r")
+        counts[shard["split"]] += np.bincount(arr, minlength=vocab)[:vocab]
+    p = (counts["train"] + 1) / (counts["train"].sum() + vocab)
+    return float(-(counts["val"] * np.log(p)).sum() / max(counts["val"].sum(), 1))
+
+
+class Quickstart:
+    def __init__(self, out: Path, fast: bool) -> None:
+        self.out, self.fast = out.resolve(), fast
+        self.summary: dict[str, Any] = {}
+        self.t0 = time.perf_counter()
+
+    def say(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    def save_summary(self) -> None:
+        self.summary["seconds"] = round(time.perf_counter() - self.t0, 1)
+        atomic_write_json(self.out / "summary.json", self.summary)
+
+    def data(self) -> Path:
+        from diji.data.corpus import build_default_corpus
+        from diji.data.prepare import DataConfig, curation_summary, prepare
+
+        self.say("building the embedded corpus from this machine's Python standard library")
+        files = build_default_corpus(self.out / "corpus", max_bytes=(3 if self.fast else 6) * 2**20)
+        self.say("curating, training a tokenizer and writing token shards")
+        data_dir = self.out / "data"
+        manifest = prepare(files, data_dir, DataConfig(vocab_size=4096))
+        self.summary["data"] = curation_summary(manifest)
+        self.save_summary()
+        return data_dir
+
+    def pretrain(self, data_dir: Path) -> str:
+        from diji.config import load_config
+        from diji.train.config import PretrainConfig
+        from diji.train.pretrain import pretrain
+
+        overrides = [*PRETRAIN_OVERRIDES, f"data.path={json.dumps(str(data_dir))}",
+                     f"run.out_dir={json.dumps(str(self.out / 'runs'))}", 'run.name="pretrain"']
+        if self.fast:
+            overrides += ["train.max_steps=150"]
+        cfg = load_config(PretrainConfig, None, overrides)
+        self.say(f"pretraining a {cfg.model.num_params() / 1e6:.1f}M-parameter model for {cfg.train.max_steps} steps")
+        result = pretrain(cfg)
+        base = unigram_loss(data_dir)
+        self.summary["pretrain"] = {"checkpoint": result["checkpoint"], "val_loss": round(result["val_loss"], 4),
+                                    "unigram_loss": round(base, 4)}
+        self.save_summary()
+        self.say(f"pretrain val_loss {result['val_loss']:.3f} vs unigram baseline {base:.3f} nats/token")
+        return result["checkpoint"]
+
+    def sample(self, ckpt: str, prompt: str = "def ") -> None:
+        from diji.data.tokenizer import Tokenizer
+        from diji.model.generate import SamplingParams, generate
+        from diji.train.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(ckpt)
+        tok = Tokenizer.from_file(loaded.tokenizer_file)
+        out = generate(loaded.model.eval(), [tok.encode(prompt)],
+                       SamplingParams(max_new_tokens=48, temperature=0.8, top_k=40, stop_ids=(tok.eos_id,), seed=0))
+        self.say("sample continuation:\n" + prompt + tok.decode(out[0].tokens))
+
+
+def run_quickstart(out: Path, fast: bool = False) -> dict[str, Any]:
+    qs = Quickstart(out, fast)
+    qs.out.mkdir(parents=True, exist_ok=True)
+    data_dir = qs.data()
+    ckpt = qs.pretrain(data_dir)
+    qs.sample(ckpt)
+    qs.save_summary()
+    run = Path(ckpt).parent.parent
+    qs.say(f"done in {qs.summary['seconds']:.0f}s. Next:\n"
+           f"  diji generate {ckpt} --prompt \"def \"\n"
+           f"  open {run / 'report.html'}\n"
+           f"  diji lineage {ckpt}\n"
+           f"  diji data report {data_dir}")
+    return qs.summary
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    summary = run_quickstart(Path(args.out), fast=args.fast)
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("quickstart", help="the whole chain on the embedded corpus, on a CPU, in minutes")
+    p.add_argument("--out", default="quickstart", help="output directory (default: ./quickstart)")
+    p.add_argument("--fast", action="store_true", help="a shorter budget (used by CI)")
+    p.set_defaults(func=_cmd)

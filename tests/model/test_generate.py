@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from diji.model.generate import SamplingParams, generate, sample
+from diji.model.transformer import ModelConfig, Transformer
+
+CFG = ModelConfig(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = Transformer(CFG)
+    m.init_weights(seed=3)
+    return m.eval()
+
+
+def greedy_reference(m, prompt, n):
+    """No cache: re-run the full sequence for each token."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(m(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_greedy_with_cache_equals_no_cache_reference(model):
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13]]
+    out = generate(model, prompts, SamplingParams(max_new_tokens=10))
+    for p, g in zip(prompts, out):
+        assert g.tokens == greedy_reference(model, p, 10)
+        assert g.finish_reason == "length"
+
+
+def test_stops_at_stop_token_and_omits_it(model):
+    full = generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=10))[0].tokens
+    stop = full[3]
+    cut = full.index(stop)
+    out = generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=10, stop_ids=(stop,)))[0]
+    assert out.tokens == full[:cut] and out.finish_reason == "stop"
+
+
+def test_sampling_is_seedable_and_varies_with_seed(model):
+    p = SamplingParams(max_new_tokens=20, temperature=1.5, seed=1)
+    a = generate(model, [[1, 2]], p)[0].tokens
+    b = generate(model, [[1, 2]], p)[0].tokens
+    c = generate(model, [[1, 2]], SamplingParams(max_new_tokens=20, temperature=1.5, seed=2))[0].tokens
+    assert a == b and a != c
+
+
+def test_top_k_one_is_greedy_and_top_p_keeps_the_top_token():
+    logits = torch.tensor([[0.1, 3.0, 0.2, -1.0], [2.0, 0.0, 5.0, 1.0]])
+    assert sample(logits, 1.0, top_k=1).tolist() == [1, 2]
+    assert sample(logits, 1.0, top_p=1e-6).tolist() == [1, 2]
+
+
+def test_context_overflow_and_bad_params_are_value_errors(model):
+    with pytest.raises(ValueError, match="context"):
+        generate(model, [[1] * 60], SamplingParams(max_new_tokens=10))
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+    assert generate(model, [[1, 2]], SamplingParams(max_new_tokens=0))[0].tokens == []
