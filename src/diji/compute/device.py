@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from diji.compute.backends import backend_for, load_plugins
+from diji.compute.fallback import FALLBACKS
 from diji.errors import DijiError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,6 +35,7 @@ def _accelerator() -> torch.device | None:
 
 def select_device(requested: str = "auto") -> DeviceChoice:
     """Resolve 'auto' / an explicit device string; the DIJI_DEVICE environment variable wins over both."""
+    load_plugins()
     env = os.environ.get("DIJI_DEVICE")
     if env:
         requested, source = env, "DIJI_DEVICE"
@@ -62,18 +65,28 @@ def autocast(device: torch.device, dtype_name: str):
     """Mixed precision for the forward pass: weights stay float32, matmuls run in the low dtype."""
     if dtype_name == "float32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=resolve_dtype(dtype_name))
+    dtype = resolve_dtype(dtype_name)
+    is_available = getattr(torch.amp, "is_autocast_available", None)
+    if is_available is not None and not is_available(device.type):
+        FALLBACKS.record(f"autocast:{device.type}",
+                         f"torch has no autocast for '{device.type}'; running in float32 instead of {dtype_name}")
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def distributed_backend(device: torch.device) -> str:
-    """The collective back-end for a device type (gloo for the CPU)."""
-    return {"cpu": "gloo", "cuda": "nccl", "npu": "hccl", "mlu": "cncl", "xpu": "xccl", "musa": "mccl"}.get(
-        device.type, "gloo"
-    )
+    """The collective back-end for a device type (gloo for the CPU); see diji.compute.backends."""
+    return backend_for(device.type).dist_backend
 
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued work on the device (for honest timings)."""
+    if device.type == "cpu":
+        return
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and hasattr(acc, "synchronize"):
+        acc.synchronize(device)
+        return
     mod = getattr(torch, device.type, None)
-    if mod is not None and hasattr(mod, "synchronize") and device.type != "cpu":
+    if mod is not None and hasattr(mod, "synchronize"):
         mod.synchronize()

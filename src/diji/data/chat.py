@@ -2,7 +2,8 @@
 
 The format is ChatML (`<|im_start|>role\\ncontent<|im_end|>\\n`), the same string the Jinja
 CHAT_TEMPLATE below produces, so HF `apply_chat_template` on an exported checkpoint gives the same ids.
-Assistant turns may hold `<think>…</think>` reasoning before the answer; it is plain text here.
+Assistant turns may hold `<think>…</think>` reasoning before the answer (DeepSeek-R1's format); the tags
+are special tokens, so the renderer needs no special case and `split_reasoning` separates the two parts.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 ROLES = ("system", "user", "assistant")
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -39,6 +42,41 @@ def validate_messages(messages: Any) -> list[dict[str, str]]:
         if m.get("role") not in ROLES:
             raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {m.get('role')!r}")
     return messages
+
+
+def conversation_from_record(record: Any) -> list[dict[str, str]]:
+    """One SFT record → messages: `{"messages": [...]}` as is, or `{"prompt", "response"[, "system"]}`.
+
+    Raises ValueError naming what is missing; the record must end with an assistant turn to train on.
+    """
+    if not isinstance(record, dict):
+        raise ValueError("each record must be a JSON object with 'messages' or 'prompt'/'response'")
+    if "messages" in record:
+        messages = validate_messages(record["messages"])
+    elif isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
+        messages = [{"role": "user", "content": record["prompt"]},
+                    {"role": "assistant", "content": record["response"]}]
+        if isinstance(record.get("system"), str):
+            messages.insert(0, {"role": "system", "content": record["system"]})
+    else:
+        raise ValueError("record needs 'messages' (a list) or string 'prompt' and 'response' fields")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError("record has no assistant turn, so nothing to learn from")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of an assistant reply: the inside of the last <think>…</think>, and what follows.
+
+    An unfinished thought (`<think>` without `</think>`) is all reasoning and no answer; a reply with no
+    tags at all is all answer.
+    """
+    close = text.rfind(THINK_CLOSE)
+    if close < 0:
+        return (text.split(THINK_OPEN, 1)[1], "") if THINK_OPEN in text else ("", text)
+    open_ = text.rfind(THINK_OPEN, 0, close)
+    reasoning = text[open_ + len(THINK_OPEN) : close] if open_ >= 0 else text[:close]
+    return reasoning, text[close + len(THINK_CLOSE) :]
 
 
 def render(

@@ -40,12 +40,23 @@ from diji.config import to_dict
 from diji.data.chunks import load_chunk, save_chunk
 from diji.data.curate import curate_chunk
 from diji.data.readers import ReadStats, expand_inputs, iter_documents
+from diji.data.report import curation_summary
 from diji.data.stats import merge_stage_dicts
 from diji.data.tokenizer import EOS_ID, TOKENIZER_FILE, Tokenizer, train_tokenizer
 from diji.errors import DijiError
 from diji.io import atomic_write_json, publish_dir, sha256_file
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "DataConfig",
+    "curation_summary",
+    "load_manifest",
+    "open_shards",
+    "prepare",
+    "token_dtype",
+    "verify_shards",
+]
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -83,3 +83,14 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     logits = logits.reshape(-1, logits.shape[-1]).float()
     targets = targets.reshape(-1)
     return F.cross_entropy(logits, targets, ignore_index=ignore_index)
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T, targets): the output projection fused with the loss.
+
+    hidden: (..., C); weight: (V, C) (the lm_head); targets: (...). The reference simply materialises the
+    logits; fast paths may not (see fused.linear_cross_entropy).
+    """
+    return cross_entropy(F.linear(hidden, weight), targets, ignore_index)

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 import torch.nn as nn
 
-from diji.kernels import reference as ops
+from diji.kernels import ops
 
 
 @dataclass(frozen=True)

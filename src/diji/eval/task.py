@@ -1,0 +1,148 @@
+"""A task is data + grader + reward in one class, shared by evaluation and GRPO (STYLE.md rule 9).
+
+    task.examples("test", n)          → [Example(id, messages, answer, solution)]
+    task.grade(example, completion)   → Grade(correct, extracted, format_ok)   (evaluation: exact match)
+    task.reward(example, completion)  → float                                   (GRPO: the same grader)
+
+Because GRPO optimises `reward` and evaluation reports `grade`, both come from the same verifier and
+cannot drift apart. `score` runs a model on a list of examples (KV-cached batch generation, chat-rendered
+prompts) and returns accuracy; the harness and GRPO's held-out evaluation both call it.
+
+Built-in tasks are looked up by name with `get_task`; the registry maps names to import paths, so
+nothing is imported until a task is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from diji.errors import DijiError
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem: the prompt conversation, the reference answer and (for SFT) a worked solution."""
+
+    id: str
+    """Stable identifier (unique within a task and split)."""
+    messages: tuple[dict[str, str], ...]
+    """The prompt: system/user turns, without the assistant's reply."""
+    answer: str
+    """The reference final answer the grader compares against."""
+    solution: str = ""
+    """A full assistant reply (reasoning in <think>…</think>, then the answer) for supervised training."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Task-specific details (language, number of steps, …) for breakdowns."""
+
+    def conversation(self) -> list[dict[str, str]]:
+        """The prompt plus the reference solution as the assistant turn (an SFT record)."""
+        return [*self.messages, {"role": "assistant", "content": self.solution}]
+
+
+@dataclass(frozen=True)
+class Grade:
+    correct: bool
+    """The extracted answer equals the reference."""
+    extracted: str | None
+    """What the grader read as the final answer (None when it found none)."""
+    format_ok: bool
+    """The completion has the expected shape (for reasoning tasks: <think>…</think> then an answer)."""
+
+
+class Task(ABC):
+    """Subclass and implement `examples` and `grade`; override `reward` to shape the RL signal."""
+
+    name: str = "task"
+    splits: tuple[str, ...] = ("train", "test")
+    format_weight: float = 0.0
+    """Weight of the format term in the default reward (0 = pure correctness)."""
+
+    @abstractmethod
+    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        """`n` examples of `split`; the same (split, n, seed) always gives the same list."""
+
+    @abstractmethod
+    def grade(self, example: Example, completion: str) -> Grade:
+        """Judge one completion (the assistant's text, special tokens kept) against the example."""
+
+    def reward(self, example: Example, completion: str) -> float:
+        """The GRPO reward: 1 for a correct answer, plus `format_weight` for a well-formed reply."""
+        g = self.grade(example, completion)
+        return float(g.correct) + self.format_weight * float(g.format_ok)
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise DijiError(f"task {self.name} has no split '{split}' (splits: {', '.join(self.splits)})")
+
+
+# name → "module:Class"; imported on first use only.
+BUILTIN_TASKS: dict[str, str] = {
+    "arith": "diji.eval.reasoning:ArithmeticTask",
+    "arith_en": "diji.eval.reasoning:ArithmeticTaskEn",
+    "arith_zh": "diji.eval.reasoning:ArithmeticTaskZh",
+}
+
+
+def task_names() -> list[str]:
+    return sorted(BUILTIN_TASKS)
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """A built-in task by name (kwargs go to its constructor); one clear error for unknown names."""
+    target = BUILTIN_TASKS.get(name)
+    if target is None:
+        raise DijiError(f"unknown task '{name}' (known: {', '.join(task_names())})")
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+@dataclass
+class Scored:
+    accuracy: float
+    """Fraction of examples graded correct."""
+    format_rate: float
+    """Fraction of completions with a well-formed reply."""
+    completions: list[str]
+    grades: list[Grade]
+
+
+def score(
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    examples: list[Example],
+    max_new_tokens: int = 96,
+    batch_size: int = 64,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> Scored:
+    """Generate a reply to every example (greedy by default) and grade it.
+
+    Prompts are rendered with the one chat renderer and `add_generation_prompt`, so evaluation sees
+    exactly what SFT trained on and what GRPO samples from. Generation stops at <|im_end|> or EOS.
+    """
+    import torch
+
+    from diji.data.chat import render
+    from diji.model.generate import SamplingParams, generate
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                            stop_ids=(tokenizer.im_end_id, tokenizer.eos_id), seed=seed)
+    completions: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(examples), batch_size):
+                chunk = examples[i : i + batch_size]
+                prompts = [render(list(e.messages), tokenizer, add_generation_prompt=True)[0] for e in chunk]
+                outs = generate(model, prompts, params, pad_id=tokenizer.pad_id)
+                completions += [tokenizer.decode(o.tokens) for o in outs]
+    finally:
+        model.train(was_training)
+    grades = [task.grade(e, c) for e, c in zip(examples, completions, strict=True)]
+    n = max(len(grades), 1)
+    return Scored(sum(g.correct for g in grades) / n, sum(g.format_ok for g in grades) / n, completions, grades)

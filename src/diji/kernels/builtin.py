@@ -1,0 +1,26 @@
+"""The built-in implementations, registered on first use of the registry (never at import).
+
+Fast paths are registered for the device types where they were measured to help (bench/kernels.py);
+on other devices the reference runs until someone measures there and adds a line here.
+"""
+
+from __future__ import annotations
+
+from diji.kernels import fused, reference
+
+OPS = ("rms_norm", "rope_cos_sin", "apply_rope", "attention", "swiglu", "cross_entropy", "linear_cross_entropy")
+
+
+def register_all(registry) -> None:
+    for op in OPS:
+        registry.register(op, "reference", getattr(reference, op), why="plain PyTorch; defines correct")
+    registry.register("rms_norm", "fused", fused.rms_norm, device_types=("cpu",), priority=10,
+                      why="torch's one-kernel RMSNorm forward and backward")
+    registry.register("apply_rope", "fused", fused.apply_rope, device_types=("cpu",), priority=10,
+                      why="rotates halves in place, saves only the tables for backward")
+    registry.register("swiglu", "fused", fused.swiglu, device_types=("cpu",), priority=10,
+                      why="saves gate and up only, recomputes sigmoid in backward")
+    registry.register("cross_entropy", "chunked", fused.cross_entropy, device_types=("cpu",), priority=10,
+                      why="float32 per chunk of rows; no full float32 copy or softmax kept")
+    registry.register("linear_cross_entropy", "chunked", fused.linear_cross_entropy, priority=10,
+                      why="lm_head + loss per chunk of rows; never holds the full logits or their gradient")

@@ -1,0 +1,515 @@
+"""The batched inference engine: state, policy and execution kept apart.
+
+    Sequence      one generation in flight: prompt, output so far, sampling settings, text, finish reason
+    Scheduler     pure Python: admits waiting sequences into free cache slots, runs the rest, retires
+                  finished or cancelled ones (continuous batching: the batch changes between decode steps)
+    ModelRunner   torch: a batched prefill of newly admitted prompts, or one decode step for every
+                  running sequence, over a slot-per-sequence KV cache
+    Engine.step   schedule → run → update
+
+The layout follows nano-vllm (GeeeekExplorer/nano-vllm, `engine/llm_engine.py`) and the idea of
+iteration-level scheduling from Orca (Yu et al., OSDI 2022): a finished sequence frees its slot at once
+and a waiting one takes it at the next step, instead of the whole batch waiting for its longest member.
+
+`AsyncEngine` runs the step loop on one background thread and hands each request's events to an
+asyncio queue; the HTTP layer only ever talks to it through `submit` and `abort`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from diji.model.generate import sample
+from diji.model.transformer import ModelConfig, Transformer
+
+log = logging.getLogger(__name__)
+
+WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch_size: int = 32
+    """Cache slots: the most sequences decoding at once."""
+    max_prefill_tokens: int = 4096
+    """Upper bound on prompt tokens prefetched in one prefill step (keeps decode steps from stalling long)."""
+    max_model_len: int = 0
+    """Longest prompt + output per sequence; 0 means the model's max_position_embeddings."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size <= 0:
+            raise ValueError(f"max_batch_size must be a positive integer, got {self.max_batch_size}")
+        if self.max_prefill_tokens <= 0:
+            raise ValueError(f"max_prefill_tokens must be a positive integer, got {self.max_prefill_tokens}")
+        if self.max_model_len < 0:
+            raise ValueError(f"max_model_len must be >= 0 (0 = the model's context), got {self.max_model_len}")
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Per-sequence sampling settings (already validated by the caller)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    stop_ids: tuple[int, ...] = ()
+    seed: int | None = None
+    logprobs: int | None = None
+    """Return the chosen token's log-probability and this many alternatives for each generated token."""
+    prompt_logprobs: int | None = None
+    """Return log-probabilities of the prompt tokens too (what `echo` + `logprobs` needs)."""
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+    """The most likely token ids and their log-probabilities, best first."""
+
+
+@dataclass
+class Event:
+    """What one step produced for one sequence; the HTTP layer turns these into responses."""
+
+    request_id: str
+    index: int
+    token_ids: list[int]
+    text: str
+    """New text that is final (not the start of a stop string, not half a UTF-8 character)."""
+    logprobs: list[TokenLogprob]
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    finish_reason: str | None = None
+
+
+class Sequence:
+    """One generation: its tokens, its text, and why it stopped."""
+
+    def __init__(self, request_id: str, index: int, prompt: list[int], params: GenParams,
+                 decode: Callable[[list[int]], str]) -> None:
+        self.request_id, self.index, self.prompt, self.params = request_id, index, list(prompt), params
+        self.output: list[int] = []
+        self.status = WAITING
+        self.slot = -1
+        self.finish_reason: str | None = None
+        self._decode = decode
+        self._text = ""
+        self._sent = 0  # characters of _text already emitted
+        self.generator = None
+        if params.seed is not None:
+            # Each of the n choices gets its own stream, so n=2 with a seed gives two different samples.
+            self.generator = torch.Generator().manual_seed(params.seed + index)
+        self.stop_hold = max((len(s) for s in params.stop), default=1) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
+    def last_token(self) -> int:
+        return self.output[-1] if self.output else self.prompt[-1]
+
+    def append(self, token: int) -> str:
+        """Add a generated token, check the stop conditions; return the newly final text."""
+        if token in self.params.stop_ids:
+            self.finish_reason = "stop"
+            return self._flush()
+        self.output.append(token)
+        self._text = self._decode(self.output)
+        if self.params.stop:
+            # Only the tail can hold a stop string that was not there before this token.
+            start = max(0, self._sent - self.stop_hold)
+            hits = [i for s in self.params.stop if (i := self._text.find(s, start)) >= 0]
+            if hits:
+                self._text = self._text[: min(hits)]
+                self.finish_reason = "stop"
+                return self._flush()
+        if len(self.output) >= self.params.max_tokens:
+            self.finish_reason = "length"
+            return self._flush()
+        # Hold back a possible stop-string prefix and an incomplete UTF-8 character (decoded as U+FFFD).
+        end = len(self._text) - self.stop_hold
+        while end > self._sent and self._text[end - 1] == "\ufffd":
+            end -= 1
+        if end <= self._sent:
+            return ""
+        new, self._sent = self._text[self._sent : end], end
+        return new
+
+    def _flush(self) -> str:
+        new, self._sent = self._text[self._sent :], len(self._text)
+        return new
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+
+class Scheduler:
+    """Admission and continuous batching over a fixed number of cache slots; no torch in here."""
+
+    def __init__(self, slots: int, max_prefill_tokens: int) -> None:
+        self.free = list(range(slots - 1, -1, -1))  # pop() hands out the lowest slot first
+        self.max_prefill_tokens = max_prefill_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def abort(self, request_id: str) -> list[Sequence]:
+        """Remove every sequence of a request (client gone), freeing their slots."""
+        gone = [s for s in itertools.chain(self.waiting, self.running) if s.request_id == request_id]
+        self.waiting = deque(s for s in self.waiting if s.request_id != request_id)
+        for s in gone:
+            if s.status == RUNNING:
+                self._release(s)
+            s.status, s.finish_reason = FINISHED, s.finish_reason or "abort"
+        return gone
+
+    def schedule(self) -> tuple[str, list[Sequence]] | None:
+        """Prefill newly admitted sequences when any fit, else decode everything that runs."""
+        batch: list[Sequence] = []
+        budget = self.max_prefill_tokens
+        while self.waiting and self.free:
+            nxt = self.waiting[0]
+            if batch and len(nxt.prompt) > budget:
+                break
+            self.waiting.popleft()
+            nxt.slot, nxt.status = self.free.pop(), RUNNING
+            budget -= len(nxt.prompt)
+            batch.append(nxt)
+        if batch:
+            self.running.extend(batch)
+            return "prefill", batch
+        if self.running:
+            return "decode", list(self.running)
+        return None
+
+    def finish(self, seq: Sequence) -> None:
+        self._release(seq)
+        seq.status = FINISHED
+
+    def _release(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq.slot >= 0:
+            self.free.append(seq.slot)
+            self.free.sort(reverse=True)
+            seq.slot = -1
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+
+class SlotCache:
+    """A KV cache with one row ("slot") per sequence; every row has its own length.
+
+    Before each forward the runner binds the rows taking part and the position each writes at. The
+    model's `Cache` protocol sees `length` = the furthest write position, and gets back keys/values for
+    columns [0, length + T); the attention mask the runner passes hides each row's columns past its own
+    length. Prefill writes rows from column 0, so right-padded prompts need no mask at all: causal
+    attention never lets a real token see the padding after it, and the padding's keys are overwritten
+    by the row's next token before any mask exposes them.
+    """
+
+    def __init__(self, cfg: ModelConfig, slots: int, max_len: int, device, dtype) -> None:
+        shape = (slots, cfg.num_key_value_heads, max_len, cfg.dim_per_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.rows = torch.zeros(0, dtype=torch.long)
+        self.starts = torch.zeros(0, dtype=torch.long)
+        self._start = 0
+        self._contiguous = False
+
+    def bind(self, rows: list[int], starts: list[int]) -> None:
+        device = self.k[0].device
+        self.rows = torch.tensor(rows, dtype=torch.long, device=device)
+        self.starts = torch.tensor(starts, dtype=torch.long, device=device)
+        self._start = max(starts)
+        # Rows 0..B-1 in order (the common case, the scheduler hands out low slots first) can be sliced
+        # as a view instead of gathered as a copy.
+        self._contiguous = rows == list(range(len(rows)))
+
+    @property
+    def length(self) -> int:
+        return self._start
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = k.shape[2]
+        S = self._start + T
+        if T == 1:  # decode: each row writes its one new token at its own position
+            self.k[layer][self.rows, :, self.starts] = k[:, :, 0]
+            self.v[layer][self.rows, :, self.starts] = v[:, :, 0]
+        else:  # prefill: every bound row starts at column 0
+            self.k[layer][self.rows, :, :T] = k
+            self.v[layer][self.rows, :, :T] = v
+        if self._contiguous:
+            B = len(self.rows)
+            return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S]
+        return self.k[layer][self.rows, :, :S], self.v[layer][self.rows, :, :S]
+
+
+def _token_logprobs(logprobs: torch.Tensor, chosen: torch.Tensor, k: int) -> list[TokenLogprob]:
+    """Rows of log-probabilities (N, V) and chosen ids (N,) → per-row chosen value plus the top k."""
+    picked = logprobs.gather(-1, chosen[:, None])[:, 0].tolist()
+    if k > 0:
+        top_v, top_i = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+        tops = [list(zip(i, v, strict=True)) for i, v in zip(top_i.tolist(), top_v.tolist(), strict=True)]
+    else:
+        tops = [[] for _ in picked]
+    return [TokenLogprob(t, lp, top) for t, lp, top in zip(chosen.tolist(), picked, tops, strict=True)]
+
+
+class ModelRunner:
+    """Executes the scheduler's decisions on the model; owns the KV cache."""
+
+    def __init__(self, model: Transformer, slots: int, max_len: int) -> None:
+        self.model = model.eval()
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.max_len = max_len
+        self.cache = SlotCache(model.config, slots, max_len, self.device, self.dtype)
+
+    @torch.inference_mode()
+    def prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, list[list[TokenLogprob | None] | None]]:
+        """Run the prompts (right-padded into one batch); logits for each prompt's last token."""
+        B, P = len(seqs), max(len(s.prompt) for s in seqs)
+        ids = torch.zeros((B, P), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s.prompt)] = torch.tensor(s.prompt)
+        self.cache.bind([s.slot for s in seqs], [0] * B)
+        hidden = self.model(ids.to(self.device), cache=self.cache, return_hidden=True)  # (B, P, C)
+        last = torch.tensor([len(s.prompt) - 1 for s in seqs], device=self.device)
+        logits = self.model.lm_head(hidden[torch.arange(B, device=self.device), last])  # (B, V)
+        prompt_lps: list[list[TokenLogprob | None] | None] = []
+        for i, s in enumerate(seqs):
+            if s.params.prompt_logprobs is None:
+                prompt_lps.append(None)
+                continue
+            # Position j predicts token j+1; the first prompt token has no context, hence None.
+            n = len(s.prompt)
+            lp = self.model.lm_head(hidden[i, : n - 1]).float().log_softmax(-1)
+            targets = torch.tensor(s.prompt[1:], device=self.device)
+            prompt_lps.append([None, *_token_logprobs(lp, targets, s.params.prompt_logprobs)])
+        return logits, prompt_lps
+
+    @torch.inference_mode()
+    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        """Feed each sequence's newest token at its own position; logits (B, V)."""
+        B = len(seqs)
+        starts = [s.num_tokens - 1 for s in seqs]
+        self.cache.bind([s.slot for s in seqs], starts)
+        ids = torch.tensor([[s.last_token] for s in seqs], device=self.device)
+        pos = torch.tensor(starts, device=self.device)[:, None]
+        mask = None
+        if min(starts) != max(starts):
+            S = max(starts) + 1
+            mask = torch.arange(S, device=self.device)[None, :] <= pos  # (B, S): each row's own columns
+        return self.model(ids, cache=self.cache, position_ids=pos, attention_mask=mask)[:, -1]
+
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
+        """One token per row with that row's own settings; log-probs are of the unmodified model."""
+        logits = logits.float()
+        tokens = logits.argmax(-1)
+        for i, s in enumerate(seqs):
+            p = s.params
+            if p.temperature > 0:
+                tokens[i] = sample(logits[i : i + 1], p.temperature, p.top_k, p.top_p, s.generator)[0]
+        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+        lps: list[TokenLogprob | None] = [None] * len(seqs)
+        if want:
+            rows = torch.tensor(want, device=logits.device)
+            k = max(seqs[i].params.logprobs or 0 for i in want)
+            got = _token_logprobs(logits[rows].log_softmax(-1), tokens[rows], k)
+            for i, tl in zip(want, got, strict=True):
+                tl.top = tl.top[: seqs[i].params.logprobs]
+                lps[i] = tl
+        return tokens.tolist(), lps
+
+
+class Engine:
+    """The synchronous core: `add`, `abort`, and `step` (schedule → run → update)."""
+
+    def __init__(self, model: Transformer, decode: Callable[[list[int]], str], cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        self.max_model_len = min(cfg.max_model_len or model.config.max_position_embeddings,
+                                 model.config.max_position_embeddings)
+        self.decode = decode
+        self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens)
+        self.runner = ModelRunner(model, cfg.max_batch_size, self.max_model_len)
+
+    def add(self, request_id: str, prompt: list[int], params: GenParams, n: int = 1) -> None:
+        if not prompt or len(prompt) + params.max_tokens > self.max_model_len:
+            raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) must fit the "
+                             f"context of {self.max_model_len} tokens")
+        for i in range(n):
+            self.scheduler.add(Sequence(request_id, i, prompt, params, self.decode))
+
+    def abort(self, request_id: str) -> None:
+        self.scheduler.abort(request_id)
+
+    def step(self) -> list[Event]:
+        plan = self.scheduler.schedule()
+        if plan is None:
+            return []
+        kind, seqs = plan
+        prompt_lps: list = [None] * len(seqs)
+        if kind == "prefill":
+            logits, prompt_lps = self.runner.prefill(seqs)
+        else:
+            logits = self.runner.decode(seqs)
+        return self._update(seqs, logits, prompt_lps, first=kind == "prefill")
+
+    def _update(self, seqs: list[Sequence], logits: torch.Tensor, prompt_lps: list, first: bool) -> list[Event]:
+        events = []
+        # max_tokens == 0 (echo-only scoring): nothing is sampled, the prompt's log-probs are the answer.
+        live = [i for i, s in enumerate(seqs) if not (first and s.params.max_tokens == 0)]
+        tokens, lps = self.runner.sample(logits[live], [seqs[i] for i in live]) if live else ([], [])
+        chosen = dict(zip(live, zip(tokens, lps, strict=True), strict=True))
+        for i, s in enumerate(seqs):
+            if i in chosen:
+                tok, lp = chosen[i]
+                text = s.append(tok)
+                if s.finish_reason is None and s.num_tokens >= self.max_model_len:
+                    s.finish_reason = "length"
+                    text += s._flush()
+                ev = Event(s.request_id, s.index, [tok] if tok not in s.params.stop_ids else [], text,
+                           [lp] if lp is not None and tok not in s.params.stop_ids else [])
+            else:
+                s.finish_reason = "length"
+                ev = Event(s.request_id, s.index, [], "", [])
+            ev.prompt_logprobs = prompt_lps[i] if first else None
+            ev.finish_reason = s.finish_reason
+            if s.finish_reason is not None:
+                self.scheduler.finish(s)
+            events.append(ev)
+        return events
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+
+@dataclass
+class _Submit:
+    request_id: str
+    prompt: list[int]
+    params: GenParams
+    n: int
+    sink: Callable[[Event | BaseException], None]
+
+
+class AsyncEngine:
+    """Runs `Engine.step` on a background thread; each request gets an asyncio.Queue of events."""
+
+    def __init__(self, engine: Engine, on_step: Callable[[str, int, float], None] | None = None) -> None:
+        self.engine = engine
+        self.on_step = on_step
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sinks: dict[str, Callable] = {}
+        self._wake = threading.Event()
+        self._stop = False
+        self._ids = itertools.count()
+        self._thread = threading.Thread(target=self._loop, name="diji-engine", daemon=True)
+        self._thread.start()
+
+    def next_id(self, prefix: str) -> str:
+        return f"{prefix}-{int(time.time() * 1000):x}{next(self._ids):06x}"
+
+    def submit(self, request_id: str, prompt: list[int], params: GenParams, n: int = 1) -> asyncio.Queue:
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+
+        def sink(item) -> None:
+            with contextlib.suppress(RuntimeError):  # the event loop is closing
+                loop.call_soon_threadsafe(q.put_nowait, item)
+
+        self._inbox.put(_Submit(request_id, prompt, params, n, sink))
+        self._wake.set()
+        return q
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))
+        self._wake.set()
+
+    @property
+    def num_waiting(self) -> int:
+        return self.engine.num_waiting + self._inbox.qsize()
+
+    @property
+    def num_running(self) -> int:
+        return self.engine.num_running
+
+    @property
+    def num_requests(self) -> int:
+        """Requests the engine still holds (submitted, queued or running)."""
+        return len(self._sinks) + self._inbox.qsize()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, tuple):
+                self.engine.abort(item[1])
+                self._sinks.pop(item[1], None)
+                continue
+            try:
+                self.engine.add(item.request_id, item.prompt, item.params, item.n)
+                self._sinks[item.request_id] = item.sink
+            except ValueError as e:
+                item.sink(e)
+
+    def _loop(self) -> None:
+        while not self._stop:
+            self._drain()
+            if not self.engine.scheduler.busy:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            kind = "prefill" if self.engine.scheduler.waiting and self.engine.scheduler.free else "decode"
+            t0 = time.perf_counter()
+            try:
+                events = self.engine.step()
+            except Exception as e:  # a bug or a device fault: fail the requests in flight, keep serving
+                log.exception("engine step failed")
+                for rid in list(self._sinks):
+                    self._sinks.pop(rid)(e)
+                    self.engine.abort(rid)
+                continue
+            batch = len(events)
+            for ev in events:
+                sink = self._sinks.get(ev.request_id)
+                if sink is not None:
+                    sink(ev)
+            for rid in {ev.request_id for ev in events}:
+                if not any(s.request_id == rid for s in itertools.chain(self.engine.scheduler.waiting,
+                                                                         self.engine.scheduler.running)):
+                    self._sinks.pop(rid, None)
+            if self.on_step is not None:
+                self.on_step(kind, batch, time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=10)
