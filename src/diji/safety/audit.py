@@ -1,0 +1,106 @@
+"""The audit log: one JSON object per line in `DIR/audit-YYYY-MM-DD.jsonl` (UTC dates).
+
+Records are of two types. `"request"`: request id, hashed key id, endpoint, model, start time and
+latency, time to first token, prompt/completion token counts, finish reasons, status and the policy
+decisions; the prompt messages and output text only when the policy says `log_text = true`, and then
+PII-redacted. `"feedback"`: a rating (+1/-1) for a response id, with an optional PII-redacted comment.
+`diji data flywheel` (see `diji.serve.flywheel`) joins the two to export well-rated conversations.
+
+Lines are appended and flushed one at a time (a crash loses at most the line being written, and
+readers skip a torn last line). Raw API keys are never written: a key id is a salted sha256 prefix.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from diji.safety.pii import redact
+
+AUDIT_GLOB = "audit-*.jsonl"
+
+
+def key_id(secret: str) -> str:
+    """A stable, non-reversible id for an API key or client address (salted so it is not a bare hash)."""
+    return hashlib.sha256(b"diji-audit-v1:" + secret.encode("utf-8")).hexdigest()[:16]
+
+
+def scrub(value: Any) -> Any:
+    """PII-redact every string inside a JSON-like value."""
+    if isinstance(value, str):
+        return redact(value)[0]
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    return value
+
+
+class AuditLog:
+    """Appends records; a disabled log (no directory) accepts and drops them."""
+
+    def __init__(self, directory: str | Path | None, log_text: bool = False) -> None:
+        self.dir = Path(directory) if directory else None
+        self.log_text = log_text
+        self._lock = threading.Lock()
+        self._file = None
+        self._day = ""
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self.dir is not None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.dir is None:
+            return
+        now = _dt.datetime.now(_dt.timezone.utc)
+        record = {"ts": now.isoformat(timespec="milliseconds"), **record}
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        with self._lock:
+            day = now.strftime("%Y-%m-%d")
+            if day != self._day or self._file is None:
+                if self._file is not None:
+                    self._file.close()
+                self._file = open(self.dir / f"audit-{day}.jsonl", "a", encoding="utf-8")
+                self._day = day
+            self._file.write(line)
+            self._file.flush()
+
+    def request(self, **fields: Any) -> None:
+        """Log a finished request; text fields are kept only with log_text and always PII-redacted."""
+        text_fields = ("messages", "prompt", "output")
+        rec = {"type": "request", **{k: v for k, v in fields.items() if k not in text_fields}}
+        if self.log_text:
+            rec.update({k: scrub(fields[k]) for k in text_fields if fields.get(k) is not None})
+        self.write(rec)
+
+    def feedback(self, response_id: str, rating: int, comment: str, key: str) -> None:
+        self.write({"type": "feedback", "id": response_id, "rating": rating, "comment": scrub(comment),
+                    "key_id": key})
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def read_audit(directory: str | Path) -> list[dict[str, Any]]:
+    """Every record in the audit directory, oldest file first; a torn or non-JSON line is skipped."""
+    out = []
+    for path in sorted(Path(directory).glob(AUDIT_GLOB)):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict):
+                    out.append(rec)
+    return out
