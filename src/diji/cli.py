@@ -16,10 +16,14 @@ from diji.errors import DijiError
 
 # One module per stage; each adds its own sub-commands.
 COMMAND_MODULES = (
+    "diji.compute.commands",
     "diji.data.commands",
+    "diji.model.commands",
     "diji.train.commands",
     "diji.serve.commands",
+    "diji.serve.chat_cli",
     "diji.observe.commands",
+    "diji.eval.commands",
     "diji.quickstart",
 )
 

@@ -1,7 +1,7 @@
 """`diji quickstart`: the whole chain on the embedded default corpus, on a CPU, in minutes.
 
 corpus (this machine's Python standard library: docstrings and code) → curated, tokenized shards →
-pretrained model → sample → report + summary.json. Each stage writes its part of summary.json,
+pretrained model → sample → SFT and GRPO on arithmetic word problems → report + summary.json. Each stage writes its part of summary.json,
 whose keys later stages extend and never rename (DESIGN.md).
 """
 
@@ -25,6 +25,23 @@ PRETRAIN_OVERRIDES = [
     "model.max_position_embeddings=512", "data.seq_len=256",
     "train.batch_size=16", "train.max_steps=300", "train.log_every=10", "train.eval_every=50",
     "train.eval_batches=8", "train.save_every=100", "optim.lr=3e-3", "optim.warmup_steps=20",
+]
+
+# Post-training on the embedded arithmetic word problems (diji.eval.reasoning): SFT on worked solutions,
+# then GRPO with the exact-answer verifier. Both report greedy accuracy on the same held-out test problems.
+EVAL_EXAMPLES = 200
+SFT_OVERRIDES = [
+    'data.task="arith"', "data.task_examples=3000", "data.seq_len=256", 'data.eval_task="arith"',
+    f"data.eval_examples={EVAL_EXAMPLES}", "data.eval_max_new_tokens=48",
+    "train.batch_size=16", "train.max_steps=150", "train.log_every=10", "train.eval_every=0",
+    "train.eval_batches=4", "train.save_every=150", "optim.lr=1e-3", "optim.warmup_steps=10",
+    "optim.weight_decay=0.0",
+]
+GRPO_OVERRIDES = [
+    'grpo.task="arith"', "grpo.group_size=8", "grpo.max_new_tokens=48", "grpo.temperature=1.0",
+    f"grpo.eval_examples={EVAL_EXAMPLES}", "grpo.prompt_pool=4000",
+    "train.batch_size=8", "train.max_steps=60", "train.log_every=5", "train.eval_every=0",
+    "train.save_every=60", "optim.lr=1e-4", "optim.warmup_steps=5", "optim.schedule=\"constant\"",
 ]
 
 
@@ -57,7 +74,8 @@ class Quickstart:
 
     def data(self) -> Path:
         from diji.data.corpus import build_default_corpus
-        from diji.data.prepare import DataConfig, curation_summary, prepare
+        from diji.data.prepare import DataConfig, prepare
+        from diji.data.report import curation_summary
 
         self.say("building the embedded corpus from this machine's Python standard library")
         files = build_default_corpus(self.out / "corpus", max_bytes=(3 if self.fast else 6) * 2**20)
@@ -87,6 +105,44 @@ class Quickstart:
         self.say(f"pretrain val_loss {result['val_loss']:.3f} vs unigram baseline {base:.3f} nats/token")
         return result["checkpoint"]
 
+    def _stage_overrides(self, name: str, parent: str) -> list[str]:
+        return [f"train.init_from={json.dumps(parent)}", f"run.out_dir={json.dumps(str(self.out / 'runs'))}",
+                f'run.name="{name}"']
+
+    def sft(self, parent: str) -> str:
+        from diji.config import load_config
+        from diji.train.sft import SFTConfig, sft
+
+        overrides = [*SFT_OVERRIDES, *self._stage_overrides("sft", parent)]
+        if self.fast:
+            overrides += ["train.max_steps=40", "data.task_examples=640", "data.eval_examples=50"]
+        cfg = load_config(SFTConfig, None, overrides)
+        self.say(f"SFT on {cfg.data.task_examples} worked arithmetic word problems (en+zh) for {cfg.train.max_steps} steps")
+        result = sft(cfg)
+        self.summary["sft"] = {"checkpoint": result["checkpoint"], "accuracy": round(result["val_accuracy"], 4)}
+        self.save_summary()
+        self.say(f"after SFT: held-out accuracy {result['val_accuracy']:.1%} on {cfg.data.eval_examples} problems "
+                 f"(well-formed replies {result['val_format']:.1%})")
+        return result["checkpoint"]
+
+    def grpo(self, parent: str) -> str:
+        from diji.config import load_config
+        from diji.train.grpo import GRPOConfig, grpo
+
+        overrides = [*GRPO_OVERRIDES, *self._stage_overrides("grpo", parent)]
+        if self.fast:
+            overrides += ["train.max_steps=10", "grpo.eval_examples=50"]
+        cfg = load_config(GRPOConfig, None, overrides)
+        self.say(f"GRPO: {cfg.train.max_steps} steps × {cfg.train.batch_size} problems × {cfg.grpo.group_size} "
+                 "samples, rewarded by the exact-answer verifier")
+        result = grpo(cfg)
+        self.summary["grpo"] = {"checkpoint": result["checkpoint"], "accuracy": round(result["val_accuracy"], 4)}
+        self.save_summary()
+        before = self.summary["sft"]["accuracy"]
+        self.say(f"after GRPO: held-out accuracy {result['val_accuracy']:.1%} (SFT: {before:.1%}; "
+                 f"{100 * (result['val_accuracy'] - before):+.1f} points)")
+        return result["checkpoint"]
+
     def sample(self, ckpt: str, prompt: str = "def ") -> None:
         from diji.data.tokenizer import Tokenizer
         from diji.model.generate import SamplingParams, generate
@@ -105,10 +161,13 @@ def run_quickstart(out: Path, fast: bool = False) -> dict[str, Any]:
     data_dir = qs.data()
     ckpt = qs.pretrain(data_dir)
     qs.sample(ckpt)
+    chat = qs.grpo(qs.sft(ckpt))
     qs.save_summary()
     run = Path(ckpt).parent.parent
     qs.say(f"done in {qs.summary['seconds']:.0f}s. Next:\n"
            f"  diji generate {ckpt} --prompt \"def \"\n"
+           f"  diji chat {chat}\n"
+           f"  open {Path(chat).parent.parent / 'report.html'}\n"
            f"  open {run / 'report.html'}\n"
            f"  diji lineage {ckpt}\n"
            f"  diji data report {data_dir}")

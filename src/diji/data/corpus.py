@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import sysconfig
 import warnings
 from pathlib import Path
@@ -34,11 +35,12 @@ def stdlib_files(root: Path | None = None) -> list[tuple[str, Path]]:
     if not root.is_dir():
         raise DijiError(f"cannot find the Python standard library at {root}")
     files = []
-    for p in root.rglob("*.py"):
-        rel = p.relative_to(root)
-        if any(part in _SKIP_DIRS for part in rel.parts[:-1]):
-            continue
-        files.append((rel.as_posix(), p))
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]  # prune: never walk site-packages
+        for name in filenames:
+            if name.endswith(".py"):
+                p = Path(dirpath) / name
+                files.append((p.relative_to(root).as_posix(), p))
     files.sort(key=lambda rp: hashlib.sha256(rp[0].encode()).hexdigest())
     return files
 
@@ -77,7 +79,9 @@ def docstring_document(source: str, module: str) -> str | None:
     mod_doc = ast.get_docstring(tree)
     if mod_doc:
         parts.append(f"Module {module}\n\n{mod_doc}")
-    visit(tree, f"{module}.")
+    # Headings name objects relative to the module (`Class.method(args)`): repeating the full dotted
+    # path before every method would make the document's n-grams repetitive, and it is noise to learn.
+    visit(tree, "")
     return "\n\n\n".join(parts) if parts else None
 
 
@@ -94,34 +98,48 @@ def build_default_corpus(
     if not 0.0 <= docs_share <= 1.0:
         raise DijiError(f"docs_share must be in [0, 1], got {docs_share}")
     files = stdlib_files(stdlib)
-    sources: list[tuple[str, str]] = []
-    for rel, p in files:
-        try:
-            sources.append((rel, p.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError):
-            continue  # a few stdlib files are deliberately not UTF-8 (encoding tests); skip them
+    texts: dict[str, str | None] = {}
+
+    def source(rel: str, p: Path) -> str | None:
+        if rel not in texts:  # read lazily: a small cap reads only a few files
+            try:
+                texts[rel] = p.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                texts[rel] = None  # a few stdlib files are deliberately not UTF-8; skip them
+        return texts[rel]
 
     docs_budget = int(max_bytes * docs_share)
     docs: list[dict[str, str]] = []
     used = 0
-    for rel, src in sources:
-        if used >= docs_budget:
-            break
+    misses = 0
+    for rel, p in files:
+        if used >= docs_budget or misses >= 25:
+            break  # full, or nearly: parsing every remaining module to fill the last bytes is slow
+        src = source(rel, p)
+        if src is None or p.stat().st_size > 4 * docs_budget:
+            continue  # docstrings are a fraction of a file: one much larger than the budget cannot fit
         text = docstring_document(src, _module_name(rel))
         if not text:
             continue
         n = len(text.encode("utf-8"))
         if used + n > docs_budget:
+            misses += 1
             continue  # try smaller modules; the order is fixed, so the result still is
+        misses = 0
         docs.append({"text": text, "source": f"stdlib/{rel}#docstrings", "kind": "docstrings"})
         used += n
 
     code: list[dict[str, str]] = []
-    for rel, src in sources:
+    for rel, p in files:
+        if used >= max_bytes:
+            break
+        if used + p.stat().st_size > max_bytes:
+            continue  # UTF-8 size ≥ file size only for BOMs; stat avoids reading files that cannot fit
+        src = source(rel, p)
+        if not src or not src.strip():
+            continue
         n = len(src.encode("utf-8"))
         if used + n > max_bytes:
-            continue
-        if not src.strip():
             continue
         code.append({"text": src, "source": f"stdlib/{rel}", "kind": "code"})
         used += n

@@ -28,8 +28,9 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,13 @@ import numpy as np
 from diji import __version__
 from diji.config import to_dict
 from diji.data.chunks import load_chunk, save_chunk
-from diji.data.curate import curate_chunk
+from diji.data.curate import CurationContext, curate_chunk, global_stages, write_rejected
+from diji.data.decontam import DecontamConfig
+from diji.data.dedup import DedupConfig
+from diji.data.filters import QualityConfig
+from diji.data.langid import LangIdConfig
+from diji.data.normalize import NormalizeConfig
+from diji.data.pii import PIIConfig
 from diji.data.readers import ReadStats, expand_inputs, iter_documents
 from diji.data.report import curation_summary
 from diji.data.stats import merge_stage_dicts
@@ -88,6 +95,18 @@ class DataConfig:
     """'local' (multiprocessing on this machine) or 'ray' (an existing Ray cluster; extra `dist`)."""
     rejected_samples: int = 20
     """Rejected documents kept per stage and reason under `rejected/` for inspection."""
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    """[normalize]: NFKC, control characters, whitespace, traditional → simplified."""
+    langid: LangIdConfig = field(default_factory=LangIdConfig)
+    """[langid]: language identification and the keep list."""
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    """[quality]: Gopher / C4 / Chinese / code quality and repetition thresholds."""
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    """[dedup]: exact and MinHash-LSH near-duplicate removal."""
+    pii: PIIConfig = field(default_factory=PIIConfig)
+    """[pii]: which kinds of PII are replaced by placeholders."""
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
+    """[decontam]: n-gram decontamination against `--decontaminate` files."""
 
     def __post_init__(self) -> None:
         if not self.text_field:
@@ -139,14 +158,14 @@ def _iter_chunks(paths: list[Path], cfg: DataConfig, stats: ReadStats) -> Iterat
         yield buf
 
 
-def _curate_to_file(i: int, docs: list[tuple[str, str]], cfg: DataConfig, path: str, extra: Any) -> int:
-    texts, arrays, meta = curate_chunk(docs, cfg, extra)
+def _curate_to_file(i: int, docs: list[tuple[str, str]], cfg: DataConfig, path: str, ctx: Any) -> int:
+    texts, arrays, meta = curate_chunk(docs, cfg, ctx)
     save_chunk(Path(path), texts, arrays, meta)
     return i
 
 
 def _run_curation(
-    paths: list[Path], cfg: DataConfig, work: Path, stats: ReadStats, extra: Any, show_progress: bool
+    paths: list[Path], cfg: DataConfig, work: Path, stats: ReadStats, ctx: Any, show_progress: bool
 ) -> int:
     """Curate every chunk not already on disk; returns the number of chunks."""
     cdir = work / "curate"
@@ -169,29 +188,29 @@ def _run_curation(
         if cfg.executor == "ray":
             from diji.data.distributed import run_ray
 
-            run_ray(todo(), cfg, extra, bar)
+            run_ray(todo(), cfg, ctx, bar)
         else:
-            _run_local(todo(), cfg, extra, bar)
+            _run_local(todo(), cfg, ctx, bar)
     finally:
         bar.close()
     return n
 
 
-def _run_local(todo: Iterator[tuple[int, list[tuple[str, str]], Path]], cfg: DataConfig, extra: Any, bar: Any) -> None:
+def _run_local(todo: Iterator[tuple[int, list[tuple[str, str]], Path]], cfg: DataConfig, ctx: Any, bar: Any) -> None:
     first = list(itertools.islice(todo, 2))
     if cfg.workers <= 1 or len(first) < 2:
         # one chunk (or one core): a process pool would only add start-up time
         for i, docs, path in itertools.chain(first, todo):
-            _curate_to_file(i, docs, cfg, str(path), extra)
+            _curate_to_file(i, docs, cfg, str(path), ctx)
             bar.update(len(docs))
         return
     # spawn, not fork: the caller may hold torch / tokenizers thread pools that do not survive a fork
-    ctx = mp.get_context("spawn")
+    mpctx = mp.get_context("spawn")
     window = 2 * cfg.workers  # bounded read-ahead: memory stays O(workers × chunk) for any corpus size
-    with ctx.Pool(cfg.workers) as pool:
+    with mpctx.Pool(cfg.workers) as pool:
         pending: collections.deque[tuple[Any, int]] = collections.deque()
         for i, docs, path in itertools.chain(first, todo):
-            pending.append((pool.apply_async(_curate_to_file, (i, docs, cfg, str(path), extra)), len(docs)))
+            pending.append((pool.apply_async(_curate_to_file, (i, docs, cfg, str(path), ctx)), len(docs)))
             while len(pending) >= window:
                 res, k = pending.popleft()
                 res.get()
@@ -208,13 +227,12 @@ class _Plan:
     keep: list[np.ndarray]
     """Per chunk: bool mask of documents that survive the global (dedup) stages."""
     val: list[np.ndarray]
-    """Per chunk: bool mask (over kept documents' positions) of validation documents."""
+    """Per chunk: bool mask of validation documents (a subset of `keep`)."""
     stages: list[dict[str, Any]]
+    dups: list[tuple[str, int, int]]
 
 
-def _plan(work: Path, n_chunks: int, cfg: DataConfig, extra: Any) -> tuple[_Plan, list[dict[str, Any]]]:
-    from diji.data.curate import global_stages
-
+def _plan(work: Path, n_chunks: int, cfg: DataConfig, ctx: Any) -> tuple[_Plan, list[dict[str, Any]]]:
     metas = []
     keys: list[dict[str, np.ndarray]] = []
     for i in range(n_chunks):
@@ -223,7 +241,7 @@ def _plan(work: Path, n_chunks: int, cfg: DataConfig, extra: Any) -> tuple[_Plan
             raise DijiError(f"scratch chunk {i} in {work} is unreadable; delete {work} and rerun")
         metas.append(ch.meta)
         keys.append(ch.arrays)
-    keep, stages = global_stages(keys, cfg, extra)
+    keep, stages, dups = global_stages(keys, cfg, ctx)
     thresh = int(cfg.val_fraction * 2**64)
     val = [(k["split"] < np.uint64(min(thresh, 2**64 - 1))) if thresh else np.zeros(len(k["split"]), bool) for k in keys]
     val = [v & m for v, m in zip(val, keep, strict=True)]
@@ -241,7 +259,7 @@ def _plan(work: Path, n_chunks: int, cfg: DataConfig, extra: Any) -> tuple[_Plan
                     best = (k["split"][j], c, j)
         assert best is not None
         val[best[1]][best[2]] = True
-    return _Plan(keep, val, stages), metas
+    return _Plan(keep, val, stages, dups), metas
 
 
 # ---- stage C/D: tokenizer and tokens ------------------------------------------------------------------
@@ -343,6 +361,9 @@ def _prepare_work_dir(out_dir: Path, fingerprint: str) -> Path:
     if not work.exists():
         work.mkdir(parents=True)
         atomic_write_json(stamp, {"fingerprint": fingerprint})
+    # a killed run may leave the temporary file of an unfinished atomic write (hidden, never read)
+    for tmp in work.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
     return work
 
 
@@ -360,8 +381,6 @@ def prepare(
     `cfg.vocab_size` is trained on the training split. `decontaminate` are evaluation files whose long
     n-grams must not appear in the training data.
     """
-    from diji.data.curate import CurationContext
-
     cfg = cfg or DataConfig()
     out_dir = Path(out_dir)
     paths = expand_inputs(inputs)
@@ -388,11 +407,16 @@ def prepare(
         }
     )
     work = _prepare_work_dir(out_dir, fingerprint)
-    extra = CurationContext.build(cfg, decon_paths, work)
+    ctx = CurationContext.build(cfg, decon_paths, work)
 
     read_stats = ReadStats()
-    n_chunks = _run_curation(paths, cfg, work, read_stats, extra, show_progress)
-    plan, metas = _plan(work, n_chunks, cfg, extra)
+    t0 = time.perf_counter()
+    n_chunks = _run_curation(paths, cfg, work, read_stats, ctx, show_progress)
+    t1 = time.perf_counter()
+    plan, metas = _plan(work, n_chunks, cfg, ctx)
+    t2 = time.perf_counter()
+    # timings go to the log, not the manifest: the manifest stays a deterministic function of the inputs
+    log.info("curate: %d chunks in %.2fs; dedup and split in %.2fs", n_chunks, t1 - t0, t2 - t1)
     stages = merge_stage_dicts([m["stages"] for m in metas]) + plan.stages
     n_kept = sum(int(m.sum()) for m in plan.keep)
     if n_kept == 0:
@@ -416,7 +440,9 @@ def prepare(
             )
         tok = Tokenizer.from_file(work_tok)
 
+    t3 = time.perf_counter()
     _tokenize_chunks(work, plan, tok, cfg, show_progress)
+    log.info("tokenizer in %.2fs; tokenize in %.2fs (%s)", t3 - t2, time.perf_counter() - t3, tok.fast_reason)
 
     pub = work / "publish"
     shutil.rmtree(pub, ignore_errors=True)
@@ -433,9 +459,7 @@ def prepare(
     shards = writers["train"].finish() + writers["val"].finish()
     tok.save(pub)
 
-    from diji.data.curate import write_rejected
-
-    rejected = write_rejected(pub / "rejected", metas, cfg.rejected_samples)
+    rejected = write_rejected(pub / "rejected", work, metas, plan.dups, cfg.rejected_samples)
     manifest = {
         "format_version": FORMAT_VERSION,
         "tokenizer_sha256": tok.sha256,

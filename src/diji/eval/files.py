@@ -40,7 +40,7 @@ def read_jsonl(path: str | Path) -> tuple[list[tuple[int, dict[str, Any]]], str]
     return rows, sha256_file(p)
 
 
-def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+def typed_field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
     """obj[name], checked to be of `kind` (bool never counts as int); raises DijiError naming it."""
     if name not in obj:
         raise DijiError(f"{where}: missing field '{name}'")
@@ -57,7 +57,7 @@ def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: 
 
 
 def nonempty_str(obj: dict[str, Any], name: str, where: str) -> str:
-    value = field(obj, name, str, where)
+    value = typed_field(obj, name, str, where)
     if not value.strip():
         raise DijiError(f"{where}: field '{name}' is empty")
     return value

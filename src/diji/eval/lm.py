@@ -21,6 +21,8 @@ from diji.model.generate import SamplingParams, generate
 from diji.model.transformer import Transformer
 
 Progress = Callable[[int], None]
+SAMPLE_GROUP = 16
+"""Samples of one prompt generated together; fixed so that sampled completions never depend on batch_size."""
 
 
 def _noop(_: int) -> None:
@@ -71,14 +73,14 @@ class LanguageModel:
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Token ids of (context, continuation) exactly as lm-evaluation-harness splits them.
 
-        Trailing spaces of the context move to the continuation, the whole string is encoded once and the
-        continuation is whatever follows the context's own encoding: BPE may merge across the boundary,
-        and scoring the tokens the model would really see is what makes the two harnesses agree.
+        Trailing whitespace of the context moves to the continuation, the whole string is encoded once
+        and the continuation is whatever follows the context's own encoding: BPE may merge across the
+        boundary, and scoring the tokens the model would really see is what makes the two harnesses agree.
         """
-        n_spaces = len(context) - len(context.rstrip(" "))
-        if n_spaces:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
+        n_trailing = len(context) - len(context.rstrip())
+        if n_trailing:
+            continuation = context[-n_trailing:] + continuation
+            context = context[:-n_trailing]
         whole = self.tokenizer.encode(context + continuation)
         ctx = self.tokenizer.encode(context)
         return ctx, whole[len(ctx):]
@@ -143,13 +145,13 @@ class LanguageModel:
                 if len(w) - 1 > self.max_length:
                     raise ValueError(f"window {i} has {len(w)} tokens; the model's window is {self.max_length + 1}")
                 x[r, : len(w) - 1], y[r, : len(w) - 1] = w[:-1], w[1:]
-            logits = self.model(x.to(self.device)).float()
-            losses = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), y.reshape(-1).to(self.device), reduction="none",
-                ignore_index=-100,
-            ).view(len(rows), T)
+            hidden = self.model(x.to(self.device), return_hidden=True)  # (B, T, C)
+            y = y.to(self.device)
             for r, i in enumerate(rows):
-                out[i] = losses[r, : len(windows[i]) - 1].double().cpu()
+                n = len(windows[i]) - 1
+                # One row's logits at a time: (T, V) in float32 instead of (B, T, V) for a large vocabulary.
+                logits = self.model.lm_head(hidden[r, :n]).float()
+                out[i] = torch.nn.functional.cross_entropy(logits, y[r, :n], reduction="none").double().cpu()
             progress(len(rows))
         return out  # type: ignore[return-value]
 
@@ -168,8 +170,8 @@ class LanguageModel:
         """Decode `samples` completions per prompt; returns their texts cut at the first stop string.
 
         Greedy decoding (temperature 0) batches prompts together. Sampling generates one prompt's samples
-        together with a generator seeded by (seed, prompt index), so the same item always gets the same
-        samples whatever the batch size. Prompts too long for the window lose tokens on the left.
+        together (in groups of SAMPLE_GROUP) with a generator seeded by (seed, prompt index), so the same
+        item always gets the same samples whatever the batch size. Prompts too long for the window lose tokens on the left.
         """
         keep = self.max_length - max_new_tokens
         if keep < 1:
@@ -191,13 +193,12 @@ class LanguageModel:
         for i, p in enumerate(prompts):
             params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                     stop_ids=stop_ids, seed=seed * 1_000_003 + i)
-            # Each row of the group must be its own draw: the shared generator advances per step over the
-            # whole batch, so identical prompts still receive different samples.
+            # A prompt's samples are drawn in groups of a fixed size (not the batch size, which would change
+            # the draws); rows of a group are independent draws from one seeded generator.
             gens = []
-            for s in range(0, samples, self.batch_size):
-                gens += generate(self.model, [p] * min(self.batch_size, samples - s),
-                                 replace(params, seed=params.seed + s),
-                                 pad_id=self.tokenizer.pad_id)
+            for s in range(0, samples, SAMPLE_GROUP):
+                gens += generate(self.model, [p] * min(SAMPLE_GROUP, samples - s),
+                                 replace(params, seed=params.seed + s), pad_id=self.tokenizer.pad_id)
             texts[i] = [_cut(self.tokenizer.decode(g.tokens), stop_strings) for g in gens]
             progress(1)
         return texts

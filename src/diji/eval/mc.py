@@ -12,18 +12,19 @@ scored as the continuation " <choice>" after the prompt
 and the model picks the choice with the highest total log-probability (`acc`) or the highest
 log-probability per character of the choice (`acc_norm`, lm-eval's length normalisation, which removes
 the bias toward short answers; Gao et al. 2021). Few-shot examples are the first K items of the file
-other than the item itself, the rule lm-eval's `first_n` sampler applies, so both harnesses build
+that differ from the item itself, the rule lm-eval's `first_n` sampler applies, so both harnesses build
 byte-identical prompts.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from diji.errors import DijiError
-from diji.eval.files import field, nonempty_str, read_jsonl
+from diji.eval.files import nonempty_str, read_jsonl, typed_field
 from diji.eval.lm import LanguageModel
 from diji.eval.result import EvalSettings, Metric, TaskResult
 
@@ -47,13 +48,13 @@ def load_mc(path: str | Path) -> tuple[list[MCItem], str]:
     for line, obj in rows:
         where = f"{path}:{line}"
         question = nonempty_str(obj, "question", where)
-        choices = field(obj, "choices", list, where)
+        choices = typed_field(obj, "choices", list, where)
         if len(choices) < 2:
             raise DijiError(f"{where}: field 'choices' needs at least 2 entries, got {len(choices)}")
         for j, c in enumerate(choices):
             if not isinstance(c, str) or not c.strip():
                 raise DijiError(f"{where}: choices[{j}] must be a non-empty string, got {c!r}")
-        answer = field(obj, "answer", (int, str), where)
+        answer = typed_field(obj, "answer", (int, str), where)
         if isinstance(answer, str):
             if answer not in choices:
                 raise DijiError(f"{where}: field 'answer' is the text {answer!r}, which is not one of the choices")
@@ -65,8 +66,11 @@ def load_mc(path: str | Path) -> tuple[list[MCItem], str]:
 
 
 def fewshot(items: list[MCItem], index: int, k: int) -> list[MCItem]:
-    """The first k items of the file other than item `index` (lm-eval's first_n sampler)."""
-    return [it for j, it in enumerate(items[: k + 1]) if j != index][:k]
+    """The first k items of the file that differ from item `index` (lm-eval's first_n sampler, which
+    drops every copy of the evaluated item, so a duplicated item never answers itself)."""
+    me = items[index]
+    key = (me.question, me.choices, me.answer)
+    return list(itertools.islice((it for it in items if (it.question, it.choices, it.answer) != key), k))
 
 
 def prompt(item: MCItem, shots: list[MCItem]) -> str:

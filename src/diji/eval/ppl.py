@@ -34,7 +34,7 @@ from diji.io import sha256_file
 LN2 = math.log(2)
 
 
-def _val_stream(data_dir: Path) -> tuple[np.ndarray, dict]:
+def val_stream(data_dir: Path) -> tuple[np.ndarray, dict]:
     manifest_path = data_dir / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -53,7 +53,7 @@ def _val_stream(data_dir: Path) -> tuple[np.ndarray, dict]:
     return np.concatenate(arrays), manifest
 
 
-def _documents_from_ids(stream: np.ndarray, eos: int) -> list[np.ndarray]:
+def documents_from_ids(stream: np.ndarray, eos: int) -> list[np.ndarray]:
     cuts = np.flatnonzero(stream == eos)
     docs, start = [], 0
     for c in [*cuts.tolist(), len(stream)]:
@@ -69,12 +69,12 @@ def load_stream(source: str | Path, tok: Tokenizer) -> tuple[np.ndarray, str, st
     if src.is_dir():
         if not (src / "manifest.json").is_file():
             raise DijiError(f"{src} is not a diji data directory (no manifest.json)")
-        stream, manifest = _val_stream(src)
+        stream, manifest = val_stream(src)
         digest = sha256_file(src / "manifest.json")
         if manifest.get("tokenizer_sha256") == tok.sha256:
             return np.concatenate([[tok.eos_id], stream]), digest, f"{src} (val split)"
         data_tok = Tokenizer.from_file(src / "tokenizer.json")
-        texts = [data_tok.decode(d.tolist()) for d in _documents_from_ids(stream, data_tok.eos_id)]
+        texts = [data_tok.decode(d.tolist()) for d in documents_from_ids(stream, data_tok.eos_id)]
         return _join(tok, texts), digest, f"{src} (val split, re-encoded with the checkpoint's tokenizer)"
     if not src.is_file():
         raise DijiError(f"ppl source not found: {src} (give a data directory, a .txt file or a .jsonl file)")

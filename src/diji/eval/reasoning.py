@@ -2,15 +2,19 @@
 
     Tom has 7 apples. Tom buys 5 more. Tom gives 3 to a friend. How many apples does Tom have now?
     <think>
-    7 + 5 = 12
-    12 - 3 = 9
+    7+5=12
+    12-3=9
     </think>
-    #### 9
+    \\boxed{9}
 
 Each problem is a start quantity and 1–`max_steps` additions or subtractions told as a story; the
 worked solution writes one equation per step inside <think>…</think> (chain of thought, Wei et al. 2022)
-and the answer in GSM8K's `#### n` form. It needs no download, has an exact verifier and a difficulty
-knob (steps, number size), so a 4M-parameter model can learn it partly by SFT and further by RL.
+and the answer as `\\boxed{n}`. It needs no download, has an exact verifier and a difficulty knob
+(steps, number size), so a 4M-parameter model can learn it partly by SFT and further by RL.
+
+Equations are written without spaces (`12-3=9`) because byte-level BPE splits on spaces: a vocabulary
+trained on code has single tokens for the bare numbers 0–25 but splits ` 15` into ` 1`+`5`. Keeping
+every intermediate result one token turns each step into one lookup, not a digit-by-digit carry.
 
 **No test problem is seen in training.** Splits are decided by the problem itself, not by luck: a
 problem belongs to the test split iff the sha256 of its canonical text falls in the held-out bucket
@@ -84,8 +88,8 @@ class Problem:
 
     def solution(self) -> str:
         vals = self.values()
-        steps = [f"{vals[i]} {'+' if s > 0 else '-'} {b} = {vals[i + 1]}" for i, (s, b, _) in enumerate(self.ops)]
-        return "<think>\n" + "\n".join(steps) + "\n</think>\n#### " + str(self.answer)
+        steps = [f"{vals[i]}{'+' if s > 0 else '-'}{b}={vals[i + 1]}" for i, (s, b, _) in enumerate(self.ops)]
+        return "<think>\n" + "\n".join(steps) + "\n</think>\n\\boxed{" + str(self.answer) + "}"
 
 
 def is_test_problem(text: str) -> bool:
@@ -103,7 +107,7 @@ class ArithmeticTask(Task):
         languages: tuple[str, ...] = LANGUAGES,
         min_steps: int = 1,
         max_steps: int = 3,
-        max_value: int = 30,
+        max_value: int = 20,
         max_operand: int = 9,
         format_weight: float = 0.1,
     ) -> None:

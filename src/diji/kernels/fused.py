@@ -151,11 +151,6 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     return _ChunkedCE.apply(logits, targets.reshape(-1), ignore_index)
 
 
-LINEAR_CE_MIN_BYTES = 256 << 20
-"""Below this many bytes of float32 logits, materialising them is cheaper than recomputing them chunk by
-chunk (the recompute costs one extra matmul); above it, memory is what runs out first."""
-
-
 class _LinearCE(torch.autograd.Function):
     """Cross-entropy of `hidden @ weight.T` without ever holding the (N, V) logits or their gradient.
 
@@ -205,10 +200,6 @@ def linear_cross_entropy(
 ) -> torch.Tensor:
     """Same contract as reference.linear_cross_entropy: hidden (..., C), weight (V, C), targets (...)."""
     h = hidden.reshape(-1, hidden.shape[-1])
-    if h.shape[0] * weight.shape[0] * 4 < LINEAR_CE_MIN_BYTES:
-        from diji.kernels import reference
-
-        return reference.linear_cross_entropy(hidden, weight, targets, ignore_index)
     if torch.is_autocast_enabled(h.device.type):
         # Under autocast the reference's lm_head matmul runs in the autocast dtype; do the same here
         # explicitly, since a custom Function's body runs with autocast's casting rules but our own

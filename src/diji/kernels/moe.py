@@ -6,7 +6,9 @@
 
 The weight layout is Hugging Face's `DeepseekV3Experts` (transformers ≥ 5), so checkpoints map 1:1.
 
-Two implementations with the same signature (STYLE rule 4):
+Two implementations with the same signature (STYLE rule 4), registered in the kernel registry as op
+"moe_ffn" and chosen once per (device, dtype) like every other op (`DIJI_KERNELS=moe_ffn:reference`
+forces the loop):
 - `moe_ffn_reference`: one small matmul per expert over the tokens routed to it — the obvious loop,
   the definition of correct, and what transformers itself runs.
 - `moe_ffn_grouped`: sort the N·k assignments by expert, scatter them into an (E, cap, C) buffer
@@ -21,16 +23,9 @@ Two implementations with the same signature (STYLE rule 4):
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-
 import torch
 
 from diji.kernels.reference import swiglu
-
-log = logging.getLogger(__name__)
-
-MoeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def moe_ffn_reference(
@@ -73,19 +68,61 @@ def moe_ffn_grouped(
     return torch.zeros_like(x).index_add(0, tok, contrib.to(x.dtype))
 
 
-IMPLEMENTATIONS: dict[str, MoeFn] = {"reference": moe_ffn_reference, "grouped": moe_ffn_grouped}
+OP = "moe_ffn"
 
 
-def choose_moe_ffn(name: str = "auto") -> tuple[MoeFn, str]:
-    """Pick the dispatch once (per model): returns the function and why it was chosen, and logs both."""
-    if name == "auto":
-        name, why = "grouped", "sort + batched matmul: no per-expert Python loop, portable to every device"
-    elif name in IMPLEMENTATIONS:
-        why = "requested explicitly"
-    else:
-        raise ValueError(f"unknown MoE dispatch '{name}'; choose one of auto, {', '.join(IMPLEMENTATIONS)}")
-    log.info("moe dispatch: %s (%s)", name, why)
-    return IMPLEMENTATIONS[name], why
+def register(registry) -> None:
+    """Add the op to the kernel registry (kernels/registry.py): the reference and the grouped fast path."""
+    registry.register(OP, "reference", moe_ffn_reference, why="one matmul pair per expert; defines correct")
+    registry.register(OP, "grouped", moe_ffn_grouped, priority=10,
+                      why="sort by expert + two batched matmuls; no per-expert Python loop")
+
+
+def ensure_registered(registry=None) -> None:
+    """Register once; called when a MoE layer is built (never at import)."""
+    if registry is None:
+        from diji.kernels.registry import REGISTRY as registry
+    if OP not in registry.ops():
+        register(registry)
+
+
+def moe_ffn(
+    x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor
+) -> torch.Tensor:
+    """The dispatch the model calls: the implementation the registry chose for x's device and dtype."""
+    from diji.kernels.registry import REGISTRY
+
+    return REGISTRY.call(OP, x, idx, weight, gate_up, down)
+
+
+def sample_inputs(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0, tokens: int = 64
+) -> tuple[torch.Tensor, ...]:
+    """Inputs for comparing implementations: 8 experts, top-2, load skewed towards the high ids."""
+    gen = torch.Generator().manual_seed(seed)
+    E, C, F_, k = 8, 32, 16, 2
+    x = torch.randn(tokens, C, generator=gen, dtype=torch.float64)
+    logits = torch.randn(tokens, E, generator=gen, dtype=torch.float64) + torch.linspace(0, 2, E, dtype=torch.float64)
+    weight, idx = logits.softmax(-1).topk(k, dim=-1)
+    gate_up = torch.randn(E, 2 * F_, C, generator=gen, dtype=torch.float64) / C**0.5
+    down = torch.randn(E, C, F_, generator=gen, dtype=torch.float64) / F_**0.5
+    to = dict(device=device, dtype=dtype)
+    return x.to(**to), idx.to(device), weight.to(**to), gate_up.to(**to), down.to(**to)
+
+
+def conformance_cases() -> list:
+    """`diji conformance` cases (kernels/specs.py format): skewed load, dropped slots, one idle expert."""
+    from diji.kernels.specs import Case
+
+    x, idx, w, gu, down = sample_inputs(dtype=torch.float64, seed=1)
+    dropped = capacity_mask(idx, 8, capacity=12)
+    x2, idx2, w2, gu2, down2 = sample_inputs(dtype=torch.float64, seed=2, tokens=7)
+    idx2 = idx2.masked_fill(idx2 == 7, 6)  # expert 7 gets no token at all
+    return [
+        Case("x(64,32) E=8 k=2 skewed", [x, idx, w, gu, down], grad=(0, 2, 3, 4)),
+        Case("capacity 12: dropped slots", [x, dropped, w, gu, down], grad=(0, 2, 3, 4)),
+        Case("x(7,32) idle expert", [x2, idx2, w2, gu2, down2], grad=(0, 2, 3, 4)),
+    ]
 
 
 def capacity_mask(idx: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:

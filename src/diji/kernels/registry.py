@@ -15,9 +15,10 @@ Choice rules, in order:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +89,7 @@ class Registry:
         self._impls: dict[str, dict[str, Impl]] = {}
         self._chosen: dict[tuple, Choice] = {}
         self._builtins_loaded = False
+        self._forced: dict[str, str] = {}
 
     # ---- registration ----------------------------------------------------------------------------
     def register(self, op: str, name: str, fn: Callable, **kw) -> Impl:
@@ -117,6 +119,18 @@ class Registry:
             raise DijiError(f"unknown kernel op '{op}' (known: {', '.join(self._impls)})")
         return dict(self._impls[op])
 
+    @contextlib.contextmanager
+    def forced(self, mapping: dict[str, str]) -> Iterator[None]:
+        """Force implementations inside a block, like DIJI_KERNELS ({'all': 'reference'} for the reference)."""
+        saved = self._forced
+        self._forced = {**saved, **mapping}
+        self._chosen.clear()
+        try:
+            yield
+        finally:
+            self._forced = saved
+            self._chosen.clear()
+
     def reset(self) -> None:
         """Forget cached choices (after changing DIJI_KERNELS, or in tests)."""
         self._chosen.clear()
@@ -135,7 +149,7 @@ class Registry:
 
     def _decide(self, op: str, device_type: str, dtype: torch.dtype, amp: torch.dtype | None) -> Choice:
         impls = self.impls(op)
-        forced = parse_override(os.environ.get(ENV, ""))
+        forced = {**parse_override(os.environ.get(ENV, "")), **self._forced}
         want = forced.get(op, forced.get("all"))
         if want is not None:
             if want not in impls:
@@ -159,19 +173,24 @@ class Registry:
         """Run `op` with the implementation chosen for x's device and dtype (and the autocast state)."""
         dt = x.device.type
         amp = torch.get_autocast_dtype(dt) if torch.is_autocast_enabled(dt) else None
-        choice = self._chosen.get((op, dt, x.dtype, amp)) or self.choose(op, dt, x.dtype, amp)
+        return self.run(op, dt, x.dtype, amp, x, *args, **kwargs)
+
+    def run(self, op: str, device_type: str, dtype: torch.dtype, amp: torch.dtype | None, *args, **kwargs):
+        """Run `op` chosen for an explicit (device type, dtype, autocast dtype) key."""
+        key = (op, device_type, dtype, amp)
+        choice = self._chosen.get(key) or self.choose(op, device_type, dtype, amp)
         impl = choice.impl
         if impl.name == REFERENCE:
-            return impl.fn(x, *args, **kwargs)
+            return impl.fn(*args, **kwargs)
         try:
-            return impl.fn(x, *args, **kwargs)
+            return impl.fn(*args, **kwargs)
         except (RuntimeError, NotImplementedError, TypeError) as e:
             ref = self._impls[op][REFERENCE]
-            FALLBACKS.record(f"kernel:{op}:{impl.name}:{dt}",
-                             f"{op}:{impl.name} failed on {dt}/{x.dtype} ({type(e).__name__}: {e}); "
+            FALLBACKS.record(f"kernel:{op}:{impl.name}:{device_type}",
+                             f"{op}:{impl.name} failed on {device_type}/{dtype} ({type(e).__name__}: {e}); "
                              "using the reference from now on")
-            self._chosen[(op, dt, x.dtype, amp)] = Choice(ref, f"{impl.name} failed at run time")
-            return ref.fn(x, *args, **kwargs)
+            self._chosen[key] = Choice(ref, f"{impl.name} failed at run time")
+            return ref.fn(*args, **kwargs)
 
     def chosen(self) -> dict[str, dict[str, str]]:
         """What has been chosen so far: {'op on device/dtype': {'impl', 'reason'}}."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from diji.kernels import reference as ops
+from diji.kernels import ops
 
 if TYPE_CHECKING:
     from diji.model.transformer import Cache, ModelConfig

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from diji.kernels.moe import capacity_mask, choose_moe_ffn
+from diji.kernels.moe import capacity_mask, ensure_registered, moe_ffn
 
 if TYPE_CHECKING:
     from diji.model.transformer import ModelConfig
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 class AddAuxiliaryLoss(torch.autograd.Function):
     """Identity on x whose backward also sends gradient 1 into `loss` — as if loss were added to the
-    training objective (DeepSeek-V2's released modeling code uses the same device)."""
+    training objective (DeepSeek-V2's released modeling code uses the same device). The loop scales the
+    main loss by 1/grad_accum but not this term, so with accumulation α acts grad_accum times larger."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
@@ -68,7 +69,10 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, C) → scores (N, E) float32, idx (N, k), gates (N, k) float32."""
         cfg = self.cfg
-        logits = F.linear(x.float(), self.weight.float())
+        # Routing decisions are discrete: a bf16 rounding flips near-ties, so the router stays float32
+        # even under autocast (transformers does the same).
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.weight.float())
         scores = logits.sigmoid() if cfg.scoring_func == "sigmoid" else logits.softmax(-1)
         choice = scores.detach() + self.e_score_correction_bias.float()  # bias steers selection only
         if cfg.n_group > 1:
@@ -99,13 +103,13 @@ class Experts(nn.Module):
 class MoE(nn.Module):
     """Routed + shared experts; `shared` is the dense MLP the transformer builds (None if no shared experts)."""
 
-    def __init__(self, cfg: ModelConfig, shared: nn.Module | None, dispatch: str = "auto") -> None:
+    def __init__(self, cfg: ModelConfig, shared: nn.Module | None) -> None:
         super().__init__()
         self.cfg = cfg
         self.gate = Router(cfg)
         self.experts = Experts(cfg)
         self.shared_experts = shared
-        self.dispatch, _ = choose_moe_ffn(dispatch)
+        ensure_registered()
         self.stats: dict[str, torch.Tensor] = {}
         """Load of the latest training forward: counts (E,), dropped assignments, aux loss."""
 
@@ -116,7 +120,7 @@ class MoE(nn.Module):
         N, E, k = x2.shape[0], cfg.n_routed_experts, cfg.num_experts_per_tok
         if self.training and cfg.moe_capacity_factor > 0:
             idx = capacity_mask(idx, E, math.ceil(cfg.moe_capacity_factor * N * k / E))
-        y = self.dispatch(x2, idx, gates.to(x.dtype), self.experts.gate_up_proj, self.experts.down_proj)
+        y = moe_ffn(x2, idx, gates.to(x.dtype), self.experts.gate_up_proj, self.experts.down_proj)
         y = y.view(shape)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)

@@ -67,7 +67,7 @@ class AuditLog:
             if day != self._day or self._file is None:
                 if self._file is not None:
                     self._file.close()
-                self._file = open(self.dir / f"audit-{day}.jsonl", "a", encoding="utf-8")
+                self._file = open(self.dir / f"audit-{day}.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (kept open)
                 self._day = day
             self._file.write(line)
             self._file.flush()

@@ -140,9 +140,11 @@ class Sequence:
         if len(self.output) >= self.params.max_tokens:
             self.finish_reason = "length"
             return self._flush()
-        # Hold back a possible stop-string prefix and an incomplete UTF-8 character (decoded as U+FFFD).
+        # Hold back a possible stop-string prefix and an incomplete UTF-8 character: its 1-3 pending
+        # bytes decode as U+FFFD until the rest arrives. More U+FFFD than that are invalid bytes for good.
         end = len(self._text) - self.stop_hold
-        while end > self._sent and self._text[end - 1] == "\ufffd":
+        floor = max(self._sent, end - 3)
+        while end > floor and self._text[end - 1] == "\ufffd":
             end -= 1
         if end <= self._sent:
             return ""
@@ -311,7 +313,6 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """Feed each sequence's newest token at its own position; logits (B, V)."""
-        B = len(seqs)
         starts = [s.num_tokens - 1 for s in seqs]
         self.cache.bind([s.slot for s in seqs], starts)
         ids = torch.tensor([[s.last_token] for s in seqs], device=self.device)
@@ -326,10 +327,20 @@ class ModelRunner:
         """One token per row with that row's own settings; log-probs are of the unmodified model."""
         logits = logits.float()
         tokens = logits.argmax(-1)
+        # Rows sharing settings and no private seed are sampled in one call; a seeded row uses its own
+        # generator so that its tokens do not depend on what else is in the batch.
+        groups: dict[tuple[float, int, float], list[int]] = {}
         for i, s in enumerate(seqs):
             p = s.params
-            if p.temperature > 0:
+            if p.temperature <= 0:
+                continue
+            if s.generator is not None:
                 tokens[i] = sample(logits[i : i + 1], p.temperature, p.top_k, p.top_p, s.generator)[0]
+            else:
+                groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
+        for (temperature, top_k, top_p), rows in groups.items():
+            idx = torch.tensor(rows, device=logits.device)
+            tokens[idx] = sample(logits[idx], temperature, top_k, top_p)
         want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         lps: list[TokenLogprob | None] = [None] * len(seqs)
         if want:
@@ -435,9 +446,11 @@ class AsyncEngine:
     def next_id(self, prefix: str) -> str:
         return f"{prefix}-{int(time.time() * 1000):x}{next(self._ids):06x}"
 
-    def submit(self, request_id: str, prompt: list[int], params: GenParams, n: int = 1) -> asyncio.Queue:
+    def submit(self, request_id: str, prompt: list[int], params: GenParams, n: int = 1,
+               q: asyncio.Queue | None = None) -> asyncio.Queue:
+        """Queue a request; its events (or an exception) arrive on `q` (several requests may share one)."""
         loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
+        q = q if q is not None else asyncio.Queue()
 
         def sink(item) -> None:
             with contextlib.suppress(RuntimeError):  # the event loop is closing

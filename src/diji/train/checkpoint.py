@@ -25,7 +25,7 @@ from diji import __version__
 from diji.data.chat import CHAT_TEMPLATE
 from diji.errors import DijiError
 from diji.io import atomic_write_json, atomic_write_text, publish_dir, sha256_file
-from diji.model.hf import from_hf_config, to_hf_config
+from diji.model.hf import from_hf_config, state_from_hf, state_to_hf, to_hf_config
 from diji.model.transformer import ModelConfig, Transformer
 
 WEIGHTS = "model.safetensors"
@@ -51,16 +51,23 @@ def save_checkpoint(
     lineage: dict[str, Any],
     train_state: dict[str, Any] | None = None,
     hf_extra: dict | None = None,
+    hf_overrides: dict | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically; returns its path. `lineage` is completed with file hashes."""
+    """Write a checkpoint directory atomically; returns its path. `lineage` is completed with file hashes.
+
+    Weights are written in the model family's Hugging Face layout (model/hf.py). `hf_overrides` replaces
+    top-level config.json fields (an imported model's own special-token ids); `extra_files` adds or replaces
+    files verbatim (an imported model's tokenizer_config.json, chat template, generation_config.json).
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         cfg: ModelConfig = model.config
-        save_file(model_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        save_file(state_to_hf(cfg, model_state(model)), str(tmp / WEIGHTS), metadata={"format": "pt"})
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-        hf = to_hf_config(cfg, SPECIAL["bos"][1], SPECIAL["eos"][1], SPECIAL["pad"][1], hf_extra)
+        hf = {**to_hf_config(cfg, SPECIAL["bos"][1], SPECIAL["eos"][1], SPECIAL["pad"][1], hf_extra), **(hf_overrides or {})}
         (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps({
             "bos_token_id": SPECIAL["bos"][1],
@@ -79,6 +86,8 @@ def save_checkpoint(
             "model_max_length": cfg.max_position_embeddings,
             "chat_template": CHAT_TEMPLATE,
         }, indent=2, ensure_ascii=False) + "\n")
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -148,7 +157,8 @@ class Loaded:
 def load_weights(model: torch.nn.Module, ckpt: str | Path) -> None:
     try:
         state = load_file(str(Path(ckpt) / WEIGHTS))
-    except (SafetensorError, OSError) as e:
+        state = state_from_hf(json.loads((Path(ckpt) / "config.json").read_text(encoding="utf-8")), state)
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
         raise DijiError(f"cannot read {Path(ckpt) / WEIGHTS}: {e}") from None
     if getattr(model.config, "tie_word_embeddings", False):
         state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])

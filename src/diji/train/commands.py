@@ -1,4 +1,4 @@
-"""CLI: `diji train pretrain|sft|grpo --config F [--set k=v ...] [--resume]`."""
+"""CLI: `diji train pretrain|sft|grpo --config F [--set k=v ...] [--resume]` and `diji lora merge`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,32 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sft(args: argparse.Namespace) -> int:
+    from diji.config import load_config
+    from diji.train.sft import SFTConfig, sft
+
+    result = sft(load_config(SFTConfig, args.config, args.set), resume=args.resume)
+    print(json.dumps(result))
+    return 0
+
+
+def _grpo(args: argparse.Namespace) -> int:
+    from diji.config import load_config
+    from diji.train.grpo import GRPOConfig, grpo
+
+    result = grpo(load_config(GRPOConfig, args.config, args.set), resume=args.resume)
+    print(json.dumps(result))
+    return 0
+
+
+def _lora_merge(args: argparse.Namespace) -> int:
+    from diji.train.lora import merge_checkpoint
+
+    out = merge_checkpoint(args.adapter, args.out)
+    print(json.dumps({"checkpoint": str(out.resolve())}))
+    return 0
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="TOML config (see examples/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -30,3 +56,16 @@ def register(sub) -> None:
     p = stages.add_parser("pretrain", help="next-token pretraining on a prepared data directory")
     _add_common(p)
     p.set_defaults(func=_pretrain)
+    p = stages.add_parser("sft", help="supervised fine-tuning on conversations (full or LoRA)")
+    _add_common(p)
+    p.set_defaults(func=_sft)
+    p = stages.add_parser("grpo", help="GRPO reinforcement learning with a task's verifier as reward")
+    _add_common(p)
+    p.set_defaults(func=_grpo)
+
+    lora = sub.add_parser("lora", help="LoRA adapter tools")
+    tools = lora.add_subparsers(dest="lora_command", metavar="COMMAND", required=True)
+    p = tools.add_parser("merge", help="fold a LoRA adapter checkpoint into a plain checkpoint")
+    p.add_argument("adapter", help="adapter checkpoint directory (from `diji train sft` with lora.rank > 0)")
+    p.add_argument("--out", required=True, help="directory for the merged checkpoint")
+    p.set_defaults(func=_lora_merge)

@@ -24,8 +24,14 @@ class RunConfig:
     """Compute dtype: float32, or bfloat16/float16 autocast (weights and optimizer stay float32)."""
     progress: bool = True
     """Show a progress bar on the terminal."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Data parallelism under `torchrun --nproc-per-node N`: ddp (every rank holds the weights, gradients
+    are averaged) or fsdp (FSDP2 fully_shard: weights, gradients and optimizer state sharded across ranks).
+    Ignored in a single process."""
 
     def __post_init__(self) -> None:
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"run.parallel must be 'ddp' or 'fsdp', got '{self.parallel}'")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"run.dtype must be one of {', '.join(DTYPE_NAMES)}, got '{self.dtype}'")
         if not self.name or "/" in self.name:
@@ -34,8 +40,9 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["adamw"] = "adamw"
-    """Optimizer: adamw (decoupled weight decay, Loshchilov & Hutter 2019)."""
+    name: Literal["adamw", "muon"] = "adamw"
+    """Optimizer: adamw (decoupled weight decay, Loshchilov & Hutter 2019), or muon — Muon (Jordan et al.
+    2024) for the 2-D weight matrices of the blocks, AdamW for embeddings, output head, norms and biases."""
     lr: float = 3e-3
     """Peak learning rate."""
     min_lr_ratio: float = 0.1
@@ -56,8 +63,22 @@ class OptimConfig:
     """Linear warmup steps from 0 to lr."""
     decay_fraction: float = 0.2
     """wsd only: the final fraction of steps over which lr decays linearly to min_lr."""
+    muon_lr: float = 0.02
+    """muon only: peak learning rate of the Muon-updated matrices (follows the same schedule as lr)."""
+    muon_momentum: float = 0.95
+    """muon only: Nesterov momentum of Muon."""
+    muon_ns_steps: int = 5
+    """muon only: Newton-Schulz iterations used to orthogonalise each update."""
+    fused: Literal["auto", "on", "off"] = "auto"
+    """AdamW's fused single-kernel step: auto (use it where the device's capability probe says it works)."""
 
     def __post_init__(self) -> None:
+        if self.name not in ("adamw", "muon"):
+            raise ValueError(f"optim.name must be 'adamw' or 'muon', got '{self.name}'")
+        if self.muon_lr <= 0 or not 0 <= self.muon_momentum < 1 or self.muon_ns_steps < 1:
+            raise ValueError("optim.muon_lr must be > 0, optim.muon_momentum in [0, 1), optim.muon_ns_steps >= 1")
+        if self.fused not in ("auto", "on", "off"):
+            raise ValueError(f"optim.fused must be auto, on or off, got '{self.fused}'")
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be positive, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -75,7 +96,8 @@ class LoopConfig:
     max_steps: int = 200
     """Optimizer steps to run."""
     batch_size: int = 8
-    """Sequences per micro-batch (per process)."""
+    """Sequences per micro-batch, in total over all processes (each of N torchrun ranks gets batch_size / N,
+    so the same config gives the same loss curve on any number of processes)."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
     log_every: int = 10

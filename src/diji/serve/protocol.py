@@ -1,0 +1,223 @@
+"""The OpenAI wire format: validating request bodies and shaping responses, with no I/O.
+
+Validation is by hand rather than by pydantic models so that every failure is one `ApiError` with the
+OpenAI error shape, status 400 and the offending parameter named, and so that fields we do not know
+(`presence_penalty`, `user`, vendor extensions) are ignored rather than rejected — clients written
+against other servers send them. Response shapes follow the OpenAI API reference for
+`/v1/completions` (legacy) and `/v1/chat/completions`, including `echo` + `logprobs` as
+lm-evaluation-harness reads them (sums `token_logprobs[ctxlen:-1]`, compares against `top_logprobs`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MAX_N = 16
+MAX_LOGPROBS = 20
+MAX_STOP = 16
+
+
+class ApiError(Exception):
+    """A client fault, rendered as {"error": {"message", "type", "param", "code"}} with `status`."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(400, f"'{param}': {message}", param=param, code="invalid_value")
+
+
+def _int(body: dict, name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad(name, f"must be an integer, got {type(v).__name__}")
+    if v < lo or (hi is not None and v > hi):
+        raise _bad(name, f"must be between {lo} and {hi}, got {v}" if hi is not None else f"must be >= {lo}, got {v}")
+    return v
+
+
+def _float(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _bad(name, "must be a finite number")
+    if v < lo or v > hi or (lo_open and v == lo):
+        raise _bad(name, f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}")
+    return float(v)
+
+
+def parse_bool(body: dict, name: str, default: bool = False) -> bool:
+    v = body.get(name)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise _bad(name, "must be true or false")
+    return v
+
+
+def _stop(body: dict) -> tuple[str, ...]:
+    v = body.get("stop")
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v) or len(v) > MAX_STOP:
+        raise _bad("stop", f"must be a string or a list of at most {MAX_STOP} strings")
+    return tuple(s for s in v if s)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    top_k: int
+    n: int
+    stop: tuple[str, ...]
+    seed: int | None
+    stream: bool
+    include_usage: bool
+
+
+def parse_sampling(body: dict, max_tokens_names: tuple[str, ...]) -> Sampling:
+    max_tokens = None
+    for name in max_tokens_names:
+        got = _int(body, name, None, 0)
+        if got is not None:
+            max_tokens = got
+            break
+    top_k = _int(body, "top_k", 0, -1)
+    stream = parse_bool(body, "stream")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise _bad("stream_options", "must be an object")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63):
+        raise _bad("seed", "must be a 64-bit integer")
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=_float(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+        top_k=max(0, top_k or 0),
+        n=_int(body, "n", 1, 1, MAX_N) or 1,
+        stop=_stop(body),
+        seed=seed,
+        stream=stream,
+        include_usage=bool(stream and opts and parse_bool(opts, "include_usage")),
+    )
+
+
+def parse_prompts(value: Any, encode, vocab_size: int) -> list[list[int]]:
+    """`prompt` as a string, list of strings, list of token ids or list of such lists → token-id lists."""
+    def ids(x: Any) -> list[int]:
+        if not x or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in x):
+            raise _bad("prompt", f"token ids must be a non-empty list of integers in [0, {vocab_size})")
+        return list(x)
+
+    if isinstance(value, str):
+        prompts = [encode(value)]
+    elif isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+        prompts = [encode(p) for p in value]
+    elif isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        prompts = [ids(value)]
+    elif isinstance(value, list) and value and all(isinstance(p, list) for p in value):
+        prompts = [ids(p) for p in value]
+    else:
+        raise _bad("prompt", "must be a string, a list of strings, a list of token ids or a list of such lists")
+    if any(not p for p in prompts):
+        raise _bad("prompt", "is empty")
+    if len(prompts) > 256:
+        raise _bad("prompt", "at most 256 prompts per request")
+    return prompts
+
+
+def parse_messages(value: Any) -> list[dict[str, str]]:
+    """OpenAI messages → [{role, content}] with text content; 'developer' is treated as 'system'."""
+    if not isinstance(value, list) or not value:
+        raise _bad("messages", "must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise _bad("messages", f"messages[{i}] must be an object")
+        role, content = m.get("role"), m.get("content")
+        if role == "developer":
+            role = "system"
+        if role not in ("system", "user", "assistant"):
+            raise _bad("messages", f"messages[{i}].role must be system, user or assistant, got {role!r}"[:200])
+        if content is None and role == "assistant":
+            content = ""
+        if isinstance(content, list):  # content parts: only text is understood by a text model
+            parts = []
+            for p in content:
+                if not (isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)):
+                    raise _bad("messages", f"messages[{i}].content parts must be {{'type': 'text', 'text': ...}}")
+                parts.append(p["text"])
+            content = "".join(parts)
+        if not isinstance(content, str):
+            raise _bad("messages", f"messages[{i}].content must be a string")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def parse_logprobs_completions(body: dict) -> int | None:
+    return _int(body, "logprobs", None, 0, MAX_LOGPROBS)
+
+
+def parse_logprobs_chat(body: dict) -> int | None:
+    want = parse_bool(body, "logprobs")
+    top = _int(body, "top_logprobs", None, 0, MAX_LOGPROBS)
+    if top is not None and not want:
+        raise _bad("top_logprobs", "needs 'logprobs': true")
+    return (top or 0) if want else None
+
+
+# ---- responses ----------------------------------------------------------------------------------------
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def top_dict(top: list[tuple[int, float]], token_str) -> dict[str, float]:
+    """{token string: logprob}; filled worst first so that when two ids decode to the same string
+    (byte-level pieces of one character) the key keeps the better value — harnesses take max()."""
+    out: dict[str, float] = {}
+    for tid, lp in reversed(top):
+        out[token_str(tid)] = lp
+    return out
+
+
+def completion_logprobs(entries: list, token_str, offset0: int = 0) -> dict[str, Any]:
+    """Legacy completions `logprobs`: tokens, token_logprobs, top_logprobs, text_offset (None entry = no
+    context, the first prompt token)."""
+    tokens, lps, tops, offsets = [], [], [], []
+    pos = offset0
+    for tid, e in entries:
+        s = token_str(tid)
+        tokens.append(s)
+        offsets.append(pos)
+        pos += len(s)
+        lps.append(None if e is None else e.logprob)
+        tops.append(None if e is None else top_dict(e.top, token_str))
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def chat_logprobs(entries: list, token_str) -> dict[str, Any]:
+    def item(tid: int, lp: float) -> dict[str, Any]:
+        s = token_str(tid)
+        return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+
+    return {"content": [{**item(e.token_id, e.logprob), "top_logprobs": [item(t, v) for t, v in e.top]}
+                        for e in entries]}

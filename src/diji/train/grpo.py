@@ -1,0 +1,315 @@
+"""GRPO: reinforcement learning with verifiable rewards — the stage's own part of the one training loop.
+
+Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath §4.1; used by DeepSeek-R1):
+
+1. **Rollout** (`next_batch`): take `batch_size` prompts from the task's train split and sample G
+   completions of each with the KV-cached sampler (`diji.model.generate`).
+2. **Reward**: the task's verifier scores each completion (exact answer + a small format term).
+3. **Advantage**: within each group, Â = (r − mean) / (std + ε) — the group is the baseline, no critic.
+   `scale_rewards = false` drops the std division (Liu et al. 2025, "Dr. GRPO": it over-weights groups
+   that are nearly all right or all wrong).
+4. **Objective** (`loss`): the PPO clipped ratio (Schulman et al. 2017) per completion token,
+   ρ = π/π_old, L = −min(ρÂ, clip(ρ, 1−ε_low, 1+ε_high)Â) + β·KL, averaged over all completion tokens of
+   the batch (token-level averaging, Yu et al. 2025 "DAPO" §3.3, so long answers are not down-weighted).
+   KL to the frozen starting policy uses the k3 estimator exp(q−p) − (q−p) − 1 (Schulman 2020,
+   "Approximating KL divergence"); β = 0 needs no reference model.
+
+Groups whose rewards are all equal carry no signal (Â = 0); with β = 0 they are dropped before the
+backward pass (the saving DAPO's dynamic sampling also takes). With `updates_per_rollout` μ > 1 the same
+rollout feeds μ optimizer steps and π_old is the policy that sampled it; with μ = 1, ρ ≡ 1 in value and
+only its gradient matters.
+
+Resume is exact: rollout k is sampled with seed (run.seed, k) from weights the checkpoint restores, and
+the prompt order is a per-epoch permutation fixed by (seed, epoch); the state is (epoch, cursor, k) plus
+a pending rollout when μ > 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diji.config import to_dict
+from diji.errors import DijiError
+from diji.train.config import LoopConfig, OptimConfig, RunConfig
+from diji.train.loop import Job, Trainer, seed_everything
+from diji.train.lora import LoRAConfig
+from diji.train.sft import start_from
+
+
+@dataclass(frozen=True)
+class GRPOParams:
+    task: str = "arith"
+    """Built-in task supplying prompts, verifier and reward (see `diji.eval.task.task_names()`)."""
+    prompt_pool: int = 20000
+    """Distinct training problems drawn from the task's train split; iterated in shuffled epochs."""
+    group_size: int = 8
+    """Completions sampled per prompt (G); advantages are normalised within each group."""
+    max_new_tokens: int = 64
+    """Longest completion; a completion cut off here usually earns no answer reward."""
+    temperature: float = 1.0
+    """Sampling temperature for rollouts."""
+    top_k: int = 0
+    """Top-k filter for rollouts (0 = off)."""
+    top_p: float = 1.0
+    """Nucleus filter for rollouts (1 = off)."""
+    clip_low: float = 0.2
+    """ε_low: the ratio is clipped below at 1 − clip_low."""
+    clip_high: float = 0.2
+    """ε_high: the ratio is clipped above at 1 + clip_high (DAPO's clip-higher uses 0.28)."""
+    kl_beta: float = 0.0
+    """Weight β of the k3 KL penalty to the starting policy (0 = no penalty, no reference model)."""
+    scale_rewards: bool = True
+    """Divide advantages by the group's reward std (GRPO); false = Dr. GRPO's mean-only baseline."""
+    updates_per_rollout: int = 1
+    """μ: optimizer steps per rollout batch (π_old is the sampling policy)."""
+    format_weight: float = 0.1
+    """Reward added for the <think>…</think>-then-answer shape (on top of 1 for a correct answer)."""
+    eval_examples: int = 200
+    """Held-out test problems for val_accuracy at each evaluation (greedy)."""
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"grpo.group_size must be >= 2 (advantages compare completions), got {self.group_size}")
+        for name in ("prompt_pool", "max_new_tokens", "updates_per_rollout", "eval_examples"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"grpo.{name} must be positive, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"grpo.temperature must be > 0 (rollouts must explore), got {self.temperature}")
+        if not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("grpo.top_p must be in (0, 1] and grpo.top_k >= 0")
+        if not 0 <= self.clip_low < 1 or self.clip_high < 0:
+            raise ValueError("grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0")
+        if self.kl_beta < 0 or self.format_weight < 0:
+            raise ValueError("grpo.kl_beta and grpo.format_weight must be >= 0")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="grpo"))
+    grpo: GRPOParams = field(default_factory=GRPOParams)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, weight_decay=0.0, warmup_steps=5,
+                                                                   schedule="constant"))
+    train: LoopConfig = field(default_factory=lambda: LoopConfig(batch_size=8, eval_every=25))
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    def __post_init__(self) -> None:
+        if not self.train.init_from:
+            raise ValueError("train.init_from is required: the checkpoint to improve (e.g. an SFT run's)")
+        if self.train.grad_accum != 1 and self.grpo.updates_per_rollout != 1:
+            raise ValueError("use either train.grad_accum > 1 or grpo.updates_per_rollout > 1, not both")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """Â for rewards laid out group after group (N·G,): minus the group mean, over the group std if `scale`.
+
+    The std is the unbiased sample std, as in TRL's GRPOTrainer; ε keeps all-equal groups at exactly 0.
+    """
+    r = rewards.view(-1, group_size).float()
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale:
+        adv = adv / (r.std(dim=1, keepdim=True) + eps)
+    return adv.reshape(-1)
+
+
+def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log π(targets[t] | ids[:t+1]) for every position (B, T), in float32."""
+    logits = model(ids).float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+
+
+def clipped_objective(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+    clip_low: float, clip_high: float, ref_logp: torch.Tensor | None = None, beta: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The GRPO loss over (B, T) token log-probs; `adv` is (B,), `mask` (B, T) marks completion tokens."""
+    ratio = torch.exp(logp - old_logp)
+    a = adv[:, None]
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    per_token = -torch.minimum(ratio * a, clipped * a)
+    m = mask.float()
+    n = m.sum().clamp_min(1)
+    stats: dict[str, float] = {}
+    if ref_logp is not None and beta > 0:
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1  # k3: unbiased, always >= 0
+        per_token = per_token + beta * kl
+        stats["kl"] = float((kl.detach() * m).sum() / n)
+    is_clipped = ((ratio < 1 - clip_low) & (a < 0)) | ((ratio > 1 + clip_high) & (a > 0))
+    stats["clip_frac"] = float((is_clipped.float() * m).sum() / n)
+    return (per_token * m).sum() / n, stats
+
+
+@dataclass
+class Rollout:
+    ids: torch.Tensor
+    """(R, T) prompt + completion (+ stop token), right-padded."""
+    targets: torch.Tensor
+    """(R, T) the next token at each position (ids shifted left)."""
+    mask: torch.Tensor
+    """(R, T) 1 where the target is a completion token."""
+    adv: torch.Tensor
+    """(R,) advantage of each kept completion."""
+    old_logp: torch.Tensor | None
+    ref_logp: torch.Tensor | None
+    metrics: dict[str, float]
+
+
+class GRPOStage:
+    def __init__(self, cfg: GRPOConfig, tokenizer: Any, device: torch.device) -> None:
+        from diji.data.chat import render
+        from diji.eval.task import get_task
+
+        self.cfg, self.p, self.tok, self.device = cfg, cfg.grpo, tokenizer, device
+        self.task = get_task(self.p.task)
+        self.task.format_weight = self.p.format_weight
+        self.pool = self.task.examples("train", self.p.prompt_pool, seed=cfg.run.seed)
+        self.prompts = [render(list(e.messages), tokenizer, add_generation_prompt=True)[0] for e in self.pool]
+        self.eval_set = self.task.examples("test", self.p.eval_examples, seed=0)
+        self.data_sha256 = hashlib.sha256(repr([e.messages for e in self.pool]).encode()).hexdigest()
+        self.model: torch.nn.Module | None = None  # the policy; set by `grpo()` once the Trainer owns it
+        self.ref: torch.nn.Module | None = None
+        self.epoch = self.cursor = self.rollouts = 0
+        self._perm = self._permutation(0)
+        self.pending: Rollout | None = None
+        self.pending_uses = 0
+
+    def _permutation(self, epoch: int) -> list[int]:
+        perm = list(range(len(self.pool)))
+        random.Random(f"grpo/{self.cfg.run.seed}/{epoch}").shuffle(perm)
+        return perm
+
+    def attach(self, model: torch.nn.Module) -> None:
+        self.model = model
+        if self.p.kl_beta > 0:
+            self.ref = copy.deepcopy(model).eval()
+            for q in self.ref.parameters():
+                q.requires_grad_(False)
+
+    # ---- rollout ---------------------------------------------------------------------------------
+    def _take(self, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            if self.cursor == len(self._perm):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self._perm = self._permutation(self.epoch)
+            out.append(self._perm[self.cursor])
+            self.cursor += 1
+        return out
+
+    @torch.no_grad()
+    def rollout(self) -> Rollout:
+        from diji.model.generate import SamplingParams, generate
+
+        assert self.model is not None, "GRPOStage.attach(model) must be called before training"
+        G = self.p.group_size
+        picks = self._take(self.cfg.train.batch_size)
+        prompts = [self.prompts[i] for i in picks for _ in range(G)]
+        stops = (self.tok.im_end_id, self.tok.eos_id)
+        params = SamplingParams(max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
+                                top_k=self.p.top_k, top_p=self.p.top_p, stop_ids=stops,
+                                seed=self.cfg.run.seed * 1_000_003 + self.rollouts)
+        self.rollouts += 1
+        was_training = self.model.training
+        self.model.eval()  # adapters' dropout off while sampling
+        try:
+            gens = generate(self.model, prompts, params, pad_id=self.tok.pad_id)
+        finally:
+            self.model.train(was_training)
+        texts = [self.tok.decode(g.tokens) for g in gens]
+        examples = [self.pool[i] for i in picks for _ in range(G)]
+        grades = [self.task.grade(e, t) for e, t in zip(examples, texts, strict=True)]
+        rewards = torch.tensor([self.task.reward(e, t) for e, t in zip(examples, texts, strict=True)])
+        adv = group_advantages(rewards, G, self.p.scale_rewards)
+        metrics = {
+            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+            "accuracy": sum(g.correct for g in grades) / len(grades),
+            "format": sum(g.format_ok for g in grades) / len(grades),
+            "response_len": sum(len(g.tokens) for g in gens) / len(gens),
+            "truncated": sum(g.finish_reason == "length" for g in gens) / len(gens),
+        }
+        keep = list(range(len(gens)))
+        if self.p.kl_beta == 0:
+            keep = [i for i in keep if adv[i] != 0]
+        metrics["kept_frac"] = len(keep) / len(gens)
+        # The stop token is part of what the policy chose: training on it teaches when to stop.
+        seqs = [(prompts[i], gens[i].tokens + ([self.tok.im_end_id] if gens[i].finish_reason == "stop" else []))
+                for i in keep]
+        T = max((len(p) + len(c) for p, c in seqs), default=2) - 1
+        ids = torch.full((len(seqs), T), self.tok.pad_id, dtype=torch.long)
+        targets = torch.full((len(seqs), T), -1, dtype=torch.long)
+        mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+        for r, (p, c) in enumerate(seqs):
+            full = torch.tensor(p + c, dtype=torch.long)
+            ids[r, : len(full) - 1] = full[:-1]
+            targets[r, : len(full) - 1] = full[1:]
+            mask[r, len(p) - 1 : len(full) - 1] = True
+        ro = Rollout(ids, targets, mask, adv[keep], None, None, metrics)
+        if len(seqs):
+            if self.p.updates_per_rollout > 1:
+                ro.old_logp = token_logprobs(self.model, ids.to(self.device), targets.to(self.device)).cpu()
+            if self.ref is not None:
+                ro.ref_logp = token_logprobs(self.ref, ids.to(self.device), targets.to(self.device)).cpu()
+        return ro
+
+    # ---- Stage protocol --------------------------------------------------------------------------
+    def next_batch(self) -> Rollout:
+        if self.pending is None or self.pending_uses >= self.p.updates_per_rollout:
+            self.pending, self.pending_uses = self.rollout(), 0
+        self.pending_uses += 1
+        return self.pending
+
+    def loss(self, model, batch: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+        metrics = dict(batch.metrics)
+        if batch.ids.shape[0] == 0:
+            # Every group was unanimous: nothing to learn from this rollout (a zero loss, no gradient).
+            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            return zero, {**metrics, "clip_frac": 0.0, "tokens": 0}
+        ids, targets, mask = (t.to(self.device) for t in (batch.ids, batch.targets, batch.mask))
+        logp = token_logprobs(model, ids, targets)
+        old = batch.old_logp.to(self.device) if batch.old_logp is not None else logp.detach()
+        ref = batch.ref_logp.to(self.device) if batch.ref_logp is not None else None
+        loss, stats = clipped_objective(logp, old, batch.adv.to(self.device), mask, self.p.clip_low,
+                                        self.p.clip_high, ref, self.p.kl_beta)
+        return loss, {**metrics, **stats, "tokens": int(mask.sum())}
+
+    def evaluate(self, model) -> dict[str, float]:
+        from diji.eval.task import score
+
+        s = score(model, self.tok, self.task, self.eval_set, max_new_tokens=self.p.max_new_tokens)
+        return {"val_accuracy": s.accuracy, "val_format": s.format_rate}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "rollouts": self.rollouts,
+                "pending": self.pending, "pending_uses": self.pending_uses}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor, self.rollouts = state["epoch"], state["cursor"], state["rollouts"]
+        self._perm = self._permutation(self.epoch)
+        self.pending, self.pending_uses = state.get("pending"), state.get("pending_uses", 0)
+
+
+def grpo(cfg: GRPOConfig, resume: bool = False) -> dict[str, Any]:
+    from diji.data.tokenizer import Tokenizer
+
+    seed_everything(cfg.run.seed)
+    model, tokenizer_file, extra = start_from(cfg.train.init_from, cfg.lora, cfg.run.seed)
+    tok = Tokenizer.from_file(tokenizer_file)
+    stage = GRPOStage(cfg, tok, torch.device("cpu"))
+    longest = max(len(p) for p in stage.prompts) + cfg.grpo.max_new_tokens
+    if longest > model.config.max_position_embeddings:
+        raise DijiError(f"the longest prompt plus grpo.max_new_tokens ({longest} tokens) exceeds the model's "
+                        f"context ({model.config.max_position_embeddings}); lower grpo.max_new_tokens")
+    job = Job(run=cfg.run, optim=cfg.optim, loop=cfg.train, config=to_dict(cfg), tokenizer_file=tokenizer_file,
+              data_sha256=stage.data_sha256, parent=Path(cfg.train.init_from), stage_name="grpo",
+              extra_lineage={**extra, "task": cfg.grpo.task})
+    trainer = Trainer(model, stage, job)
+    stage.device = trainer.device
+    stage.attach(trainer.model)
+    return trainer.run(resume=resume)
