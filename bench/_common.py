@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
+from pathlib import Path
+
 import torch
 
 from diji.model.transformer import ModelConfig, Transformer
@@ -26,3 +29,27 @@ def hf_twin(model: Transformer):
     missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
     return hf.to(torch.float32)
+
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def corpus_tokens(path: Path = SHAKESPEARE) -> torch.Tensor:
+    """The shared reference text as byte ids (0-255, a subset of every bench vocabulary): a real corpus with
+    a real loss curve, no tokenizer training needed. Benchmarks only; never used by tests or quickstart."""
+    if not path.is_file():
+        raise SystemExit(f"benchmark corpus not found: {path} (see ../shared/data/README.md)")
+    return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8).long()
+
+
+def batches(tokens: torch.Tensor, batch: int, seq: int, seed: int):
+    """Endless random (inputs, targets) windows; the same seed gives the same data order to every contender."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        starts = torch.randint(0, len(tokens) - seq - 1, (batch,), generator=gen)
+        rows = torch.stack([tokens[s : s + seq + 1] for s in starts.tolist()])
+        yield rows[:, :-1], rows[:, 1:]
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)

@@ -62,12 +62,15 @@ def main() -> None:
         tok = Tokenizer.from_file(path)
     print(f"encoder: {tok.fast_reason}; {len(texts)} documents, {nbytes / 1e6:.1f} MB", file=sys.stderr)
 
-    # the shard writer encodes chunk by chunk (DataConfig.chunk_chars = 4M characters)
+    from diji.data.prepare import DataConfig
+
+    # the shard writer encodes chunk by chunk, DataConfig.chunk_chars characters at a time
+    chunk = DataConfig().chunk_chars
     batches, cur, n = [], [], 0
     for t in texts:
         cur.append(t)
         n += len(t)
-        if n >= 4_000_000:
+        if n >= chunk:
             batches.append(cur)
             cur, n = [], 0
     if cur:

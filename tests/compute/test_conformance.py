@@ -39,7 +39,7 @@ def test_every_op_passes_on_cpu(dtype):
     failed = [(r.op, r.impl, r.case, r.max_rel, r.error) for r in rows if not r.passed]
     assert not failed
     assert {r.op for r in rows} >= {"rms_norm", "apply_rope", "attention", "swiglu", "cross_entropy"}
-    assert {(r.op, r.impl) for r in rows} >= {("rms_norm", "fused"), ("cross_entropy", "chunked")}
+    assert {(r.op, r.impl) for r in rows} >= {("apply_rope", "fused"), ("cross_entropy", "chunked")}
 
 
 def test_wrong_fast_path_is_caught_and_a_crash_hides_nothing(wrong_and_crashing):
@@ -65,7 +65,7 @@ def test_golden_trajectory_catches_a_drifting_kernel(wrong_and_crashing):
     REGISTRY.unregister("rms_norm", "crashy")  # the crash alone would be a fallback, not drift
     REGISTRY.register("swiglu", "wrong", lambda g, u: reference.swiglu(g, u) * 1.05, priority=50)
     result = golden_trajectory(tiny, torch.device("cpu"), "float32", steps=4)
-    assert not result.passed and result.loss_err > 1e-4
+    assert not result.passed and result.weight_err > result.tol["weights"]
 
 
 def test_cli_writes_json_and_exits_nonzero_on_failure(wrong_and_crashing, tmp_path, capsys):

@@ -141,14 +141,40 @@ def run_lm_eval(base: str, task: str, include: Path, out: Path) -> dict[int, dic
     return {r["doc_id"]: r for r in rows}
 
 
-def test_mc_loglikelihoods_and_accuracy_match_lm_eval(server, tiny_ckpt, tmp_path):
-    # Choices share prefixes and differ in length, so acc and acc_norm can disagree.
-    items = arithmetic_items(12, seed=31)
+def mc_rows() -> list[dict]:
+    """Choices share prefixes and differ in length, so acc and acc_norm can disagree."""
     rows = []
-    for i, it in enumerate(items):
+    for i, it in enumerate(arithmetic_items(12, seed=31)):
         right = it["answer"].rsplit("#### ", 1)[1]
         choices = [str(int(right) + 1), right, f"{right} apples", "the model reads tokens"]
         rows.append({"question": it["question"], "choices": choices[i % 2:] + choices[: i % 2], "answer": 1 - i % 2})
+    return rows
+
+
+def test_loglikelihoods_equal_the_servers_echo_logprobs(server, tiny_ckpt, tmp_path):
+    """The harness's own scoring against `diji serve` directly, without lm-eval's slicing in between."""
+    from diji.eval.mc import evaluate_mc, fewshot, load_mc, prompt
+
+    path = write_jsonl(tmp_path / "mc.jsonl", mc_rows())
+    lm = LanguageModel.from_checkpoint(tiny_ckpt, "cpu", batch_size=5)
+    ours = evaluate_mc(lm, path, EvalSettings(num_fewshot=FEWSHOT), progress_bar(False), "mc")
+    items, _ = load_mc(path)
+    for i, item in enumerate(items):
+        text = prompt(item, fewshot(items, i, FEWSHOT))
+        for j, choice in enumerate(item.choices):
+            ctx, cont = lm.encode_pair(text, " " + choice)
+            body = json.dumps({"model": "tiny", "prompt": [ctx + cont], "max_tokens": 1, "temperature": 0,
+                               "logprobs": 1, "echo": True}).encode()
+            req = urllib.request.Request(server + "/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                lp = json.load(r)["choices"][0]["logprobs"]["token_logprobs"]
+            theirs = sum(lp[len(ctx) : len(ctx) + len(cont)])
+            assert ours.samples[i]["loglikelihoods"][j] == pytest.approx(theirs, abs=1e-4)
+
+
+def test_mc_loglikelihoods_and_accuracy_match_lm_eval(server, tiny_ckpt, tmp_path):
+    rows = mc_rows()
     path = write_jsonl(tmp_path / "mc.jsonl", rows)
     include = tmp_path / "tasks"
     include.mkdir()

@@ -104,7 +104,7 @@ def test_bad_override_is_a_clear_error(monkeypatch):
         parse_override("rms_norm")
     monkeypatch.setenv("DIJI_KERNELS", "rms_norm:turbo")
     REGISTRY.reset()
-    with pytest.raises(DijiError, match="rms_norm has only: reference, fused"):
+    with pytest.raises(DijiError, match="rms_norm has only: reference, fused, compiled"):
         ops.rms_norm(torch.randn(2, 4), torch.ones(4), 1e-5)
 
 
@@ -135,3 +135,19 @@ def test_device_and_dtype_keys_and_opt_in():
     with reg.forced({"op": "compiled"}):
         assert reg.choose("op", "cpu", torch.float32).impl.name == "compiled"
     assert reg.choose("op", "cpu", torch.float32).impl.name == "reference"
+
+
+def test_compiled_regions_are_opt_in():
+    for op in ("rms_norm", "apply_rope", "swiglu"):
+        impl = REGISTRY.impls(op)["compiled"]
+        assert impl.opt_in and impl.slow_start
+        assert REGISTRY.choose(op, "cpu", torch.float32).impl.name != "compiled"
+
+
+@pytest.mark.slow
+def test_forced_compiled_swiglu_matches_reference():
+    g, u = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
+    with REGISTRY.forced({"swiglu": "compiled"}):
+        got = ops.swiglu(g, u)
+        assert REGISTRY.chosen()["swiglu on cpu/float32"]["impl"] == "compiled"
+    assert torch.allclose(got, reference.swiglu(g, u), atol=1e-6)

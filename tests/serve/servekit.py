@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from diji.config import load_config
 from diji.safety.policy import Policy
@@ -42,7 +43,12 @@ def make_checkpoint(data_dir: Path, out: Path, steps: int = 10) -> Path:
 def checkpoint(data_dir, tmp_path_factory) -> Path:
     # Cached in the module so that every test module importing this fixture shares one checkpoint.
     if "ckpt" not in _made:
-        _made["ckpt"] = make_checkpoint(data_dir, tmp_path_factory.mktemp("serve-ckpt"))
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)  # see one_torch_thread
+        try:
+            _made["ckpt"] = make_checkpoint(data_dir, tmp_path_factory.mktemp("serve-ckpt"))
+        finally:
+            torch.set_num_threads(before)
     return _made["ckpt"]
 
 
@@ -51,3 +57,13 @@ def start_server(ckpt: Path, policy: Policy | None = None, api_key: str = "", ma
     cfg = ServeConfig(api_key=api_key, model_name=MODEL_NAME, max_body_bytes=max_body_bytes,
                       engine=EngineConfig(max_batch_size=max_batch_size))
     return ServerThread(load_server(ckpt, cfg, policy, device="cpu")).start()
+
+
+@pytest.fixture(scope="module", autouse=False)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared CPU OpenMP threads spinning
+    against other processes make them many times slower; restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servekit import MODEL_NAME, checkpoint, start_server  # noqa: F401 (checkpoint is a fixture)
+from servekit import MODEL_NAME, checkpoint, one_torch_thread, start_server  # noqa: F401 (fixtures)
 
 from diji.data.tokenizer import Tokenizer
 from diji.safety.audit import read_audit
@@ -28,6 +28,9 @@ from diji.train.checkpoint import load_checkpoint
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"]
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

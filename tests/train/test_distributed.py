@@ -52,7 +52,7 @@ def torchrun(tmp_path, over, resume=False):
 
 def close(a, b):
     assert len(a) == len(b) == STEPS
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert abs(x - y) <= TOL * abs(y), (a, b)
 
 

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from test_sft import tiny_base
 
 from diji.config import load_config
 from diji.errors import DijiError
@@ -13,7 +14,6 @@ from diji.eval.task import Example, Grade, Task
 from diji.observe.metrics import read_metrics
 from diji.train.checkpoint import latest_checkpoint, read_lineage
 from diji.train.grpo import GRPOConfig, clipped_objective, group_advantages, grpo
-from test_sft import tiny_base
 
 
 def test_group_advantages_by_hand():

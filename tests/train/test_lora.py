@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from test_sft import TINY, sft_overrides, tiny_base, write_records
 
 from diji.config import load_config
 from diji.errors import DijiError
@@ -13,7 +14,6 @@ from diji.model.transformer import ModelConfig, Transformer
 from diji.train.checkpoint import load_checkpoint, read_lineage
 from diji.train.lora import LoRAConfig, LoRALinear, apply_lora, load_model, merge_lora, trainable_parameters
 from diji.train.sft import SFTConfig, sft
-from test_sft import TINY, sft_overrides, tiny_base, write_records
 
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

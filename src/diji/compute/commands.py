@@ -30,6 +30,8 @@ def register(sub: Any) -> None:
     c.add_argument("--steps", type=int, default=8, help="golden-trajectory training steps (0 = skip)")
     c.add_argument("--isolate", action="store_true",
                    help="run each op in its own process (survives hard crashes in native kernels)")
+    c.add_argument("--slow-start", action="store_true",
+                   help="also check implementations that compile on first use (torch.compile: 30-70 s each on a CPU)")
     c.add_argument("--json-out", default="conformance.json", metavar="FILE", help="where to write the JSON")
     c.set_defaults(func=_conformance)
 
@@ -135,7 +137,7 @@ def _conformance(args: argparse.Namespace) -> int:
     if args.steps < 0:
         raise DijiError(f"--steps must be >= 0, got {args.steps}")
     print(f"diji conformance: {device} {args.dtype} vs float64 cpu", file=sys.stderr)
-    rows = check_ops(device, args.dtype, ops, isolate=args.isolate)
+    rows = check_ops(device, args.dtype, ops, isolate=args.isolate, slow_start=args.slow_start)
     traj = golden_trajectory(_tiny_model, device, args.dtype, steps=args.steps) if args.steps else None
     print(format_table(rows, traj))
     report = to_json(rows, traj)

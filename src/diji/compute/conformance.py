@@ -111,7 +111,8 @@ def _time(fn, case: Case, device, dtype, reps: int = 3) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def check_op(op: str, device: torch.device, dtype_name: str, timing: bool = True) -> list[OpResult]:
+def check_op(op: str, device: torch.device, dtype_name: str, timing: bool = True,
+             slow_start: bool = False) -> list[OpResult]:
     """All applicable implementations of one op on all its cases. Never raises: errors become rows."""
     dtype = DTYPES.get(dtype_name, getattr(torch, dtype_name, None))
     rows: list[OpResult] = []
@@ -126,8 +127,8 @@ def check_op(op: str, device: torch.device, dtype_name: str, timing: bool = True
         return [OpResult(op, REFERENCE, "-", str(device), dtype_name, error=_err(e))]
     tol = OP_TOL[dtype_name]
     for impl in impls.values():
-        ok, why_not = impl.applies(device.type, dtype)
-        if not ok:
+        ok, _ = impl.applies(device.type, dtype)
+        if not ok or (impl.slow_start and not slow_start):
             continue
         ref_time = None
         for ci, (case, (want_out, want_grad)) in enumerate(zip(cases, expected, strict=True)):
@@ -154,16 +155,20 @@ def _err(e: BaseException) -> str:
 
 
 def check_ops(device: torch.device, dtype_name: str, ops: list[str] | None = None, isolate: bool = False,
-              timing: bool = True) -> list[OpResult]:
+              timing: bool = True, slow_start: bool = False) -> list[OpResult]:
     rows: list[OpResult] = []
     for op in ops or REGISTRY.ops():
-        rows += _isolated(op, device, dtype_name, timing) if isolate else check_op(op, device, dtype_name, timing)
+        if isolate:
+            rows += _isolated(op, device, dtype_name, timing, slow_start)
+        else:
+            rows += check_op(op, device, dtype_name, timing, slow_start)
     return rows
 
 
-def _isolated(op: str, device: torch.device, dtype_name: str, timing: bool) -> list[OpResult]:
+def _isolated(op: str, device: torch.device, dtype_name: str, timing: bool, slow_start: bool) -> list[OpResult]:
     """One op in a fresh interpreter: a segfault or abort in a kernel becomes a failed row, not our death."""
-    cmd = [sys.executable, "-m", "diji.compute.conformance", op, str(device), dtype_name, "1" if timing else "0"]
+    cmd = [sys.executable, "-m", "diji.compute.conformance", op, str(device), dtype_name, "1" if timing else "0",
+           "1" if slow_start else "0"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -275,6 +280,6 @@ def to_json(rows: list[OpResult], traj: TrajectoryResult | None) -> dict:
 
 
 if __name__ == "__main__":  # the child side of check_ops(isolate=True)
-    _op, _dev, _dtype, _timing = sys.argv[1:5]
-    _rows = check_op(_op, torch.device(_dev), _dtype, timing=_timing == "1")
+    _op, _dev, _dtype, _timing, _slow = sys.argv[1:6]
+    _rows = check_op(_op, torch.device(_dev), _dtype, timing=_timing == "1", slow_start=_slow == "1")
     print(json.dumps([asdict(r) for r in _rows]))

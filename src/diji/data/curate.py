@@ -182,7 +182,7 @@ def curate_chunk(
 
 
 def global_stages(
-    keys: list[dict[str, np.ndarray]], cfg: Any, ctx: Any
+    keys: list[dict[str, np.ndarray]], cfg: Any
 ) -> tuple[list[np.ndarray], list[dict[str, Any]], list[tuple[str, int, int]]]:
     """Exact then near-duplicate removal over all chunks (the earliest document of a cluster is kept).
 

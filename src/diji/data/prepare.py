@@ -86,9 +86,10 @@ class DataConfig:
     """Maximum tokens per .bin shard (documents may continue into the next shard)."""
     seed: int = 0
     """Seed of the train/val split hash (and of the MinHash permutations)."""
-    chunk_chars: int = 4_000_000
+    chunk_chars: int = 1_000_000
     """Documents are grouped into chunks of about this many characters: the unit of parallel work and
-    of resumption."""
+    of resumption. Many more chunks than workers keep every core busy to the end; the output does not
+    depend on this value."""
     tokenizer_train_chars: int = 200_000_000
     """At most this many characters of the training split are used to train the tokenizer."""
     executor: str = "local"
@@ -232,16 +233,21 @@ class _Plan:
     dups: list[tuple[str, int, int]]
 
 
-def _plan(work: Path, n_chunks: int, cfg: DataConfig, ctx: Any) -> tuple[_Plan, list[dict[str, Any]]]:
+def _must_load(path: Path, with_texts: bool = True) -> Any:
+    ch = load_chunk(path, with_texts=with_texts)
+    if ch is None:  # written atomically, so only outside interference gets here
+        raise DijiError(f"scratch file {path} is unreadable; delete {path.parent.parent} and rerun")
+    return ch
+
+
+def _plan(work: Path, n_chunks: int, cfg: DataConfig) -> tuple[_Plan, list[dict[str, Any]]]:
     metas = []
     keys: list[dict[str, np.ndarray]] = []
     for i in range(n_chunks):
-        ch = load_chunk(work / "curate" / f"chunk-{i:06d}.npz", with_texts=False)
-        if ch is None:
-            raise DijiError(f"scratch chunk {i} in {work} is unreadable; delete {work} and rerun")
+        ch = _must_load(work / "curate" / f"chunk-{i:06d}.npz", with_texts=False)
         metas.append(ch.meta)
         keys.append(ch.arrays)
-    keep, stages, dups = global_stages(keys, cfg, ctx)
+    keep, stages, dups = global_stages(keys, cfg)
     thresh = int(cfg.val_fraction * 2**64)
     val = [(k["split"] < np.uint64(min(thresh, 2**64 - 1))) if thresh else np.zeros(len(k["split"]), bool) for k in keys]
     val = [v & m for v, m in zip(val, keep, strict=True)]
@@ -266,8 +272,7 @@ def _plan(work: Path, n_chunks: int, cfg: DataConfig, ctx: Any) -> tuple[_Plan, 
 def _train_texts(work: Path, plan: _Plan, limit: int) -> Iterator[str]:
     used = 0
     for i, (keep, val) in enumerate(zip(plan.keep, plan.val, strict=True)):
-        ch = load_chunk(work / "curate" / f"chunk-{i:06d}.npz")
-        assert ch is not None
+        ch = _must_load(work / "curate" / f"chunk-{i:06d}.npz")
         for t, k, v in zip(ch.texts, keep, val, strict=True):
             if k and not v:
                 yield t
@@ -284,8 +289,7 @@ def _tokenize_chunks(work: Path, plan: _Plan, tok: Tokenizer, cfg: DataConfig, s
         path = tdir / f"chunk-{i:06d}.npz"
         if path.exists() and load_chunk(path, with_texts=False) is not None:
             continue
-        ch = load_chunk(work / "curate" / f"chunk-{i:06d}.npz")
-        assert ch is not None
+        ch = _must_load(work / "curate" / f"chunk-{i:06d}.npz")
         keep, val = plan.keep[i], plan.val[i]
         texts = [t for t, k in zip(ch.texts, keep, strict=True) if k]
         is_val = val[keep]
@@ -413,7 +417,7 @@ def prepare(
     t0 = time.perf_counter()
     n_chunks = _run_curation(paths, cfg, work, read_stats, ctx, show_progress)
     t1 = time.perf_counter()
-    plan, metas = _plan(work, n_chunks, cfg, ctx)
+    plan, metas = _plan(work, n_chunks, cfg)
     t2 = time.perf_counter()
     # timings go to the log, not the manifest: the manifest stays a deterministic function of the inputs
     log.info("curate: %d chunks in %.2fs; dedup and split in %.2fs", n_chunks, t1 - t0, t2 - t1)
@@ -450,9 +454,7 @@ def prepare(
     writers = {s: _ShardWriter(pub, s, cfg.shard_tokens) for s in ("train", "val")}
     docs = {"train": 0, "val": 0}
     for i in range(n_chunks):
-        ch = load_chunk(work / "tokens" / f"chunk-{i:06d}.npz", with_texts=False)
-        if ch is None:
-            raise DijiError(f"scratch chunk {i} in {work} is unreadable; delete {work} and rerun")
+        ch = _must_load(work / "tokens" / f"chunk-{i:06d}.npz", with_texts=False)
         for s in ("train", "val"):
             writers[s].write(ch.arrays[s])
             docs[s] += ch.meta[f"{s}_docs"]

@@ -4,8 +4,8 @@ The task files are generated, never downloaded, and written next to the results 
 `diji eval` on them:
 
   * ppl:   the data directory's val split (held out from training), first 32 context-sized windows;
-  * mc:    "which line comes next" cloze items cut from the val split's documents, the true next line
-           against three lines from other documents (chance = 25 %);
+  * mc:    "which is the real next line" items cut from the val split's documents: the true line
+           against three word-shuffled copies of it (chance = 25 %);
   * math:  GSM8K-style word problems from templates worded differently from the reasoning task's, so
            they measure transfer rather than recall (chat mode for chat-trained models, else 3-shot);
   * reasoning: the embedded arithmetic task's held-out split (`arith`, 100 problems).
@@ -74,8 +74,11 @@ def word_problems(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 
 def cloze_items(data_dir: Path, n: int, seed: int = 0) -> list[dict]:
-    """Next-line multiple choice from the val split: up to three lines of context, the true next line and
-    three lines of similar length from other documents, taking items from each document in turn."""
+    """"Which is the real next line?" from the val split: up to three lines of context, the true next
+    line, and three copies of it with the words shuffled — minimal pairs in the style of BLiMP
+    (Warstadt et al. 2020). Every choice has the same words and the same number of tokens, so a model
+    that knows nothing scores them alike (chance, 25 %) and only knowledge of word order lifts accuracy;
+    comparing against lines from other documents instead rewards mere word frequency."""
     tok = Tokenizer.from_file(data_dir / "tokenizer.json")
     stream, _ = val_stream(data_dir)
     docs = [tok.decode(d.tolist()) for d in documents_from_ids(stream, tok.eos_id)]
@@ -83,9 +86,9 @@ def cloze_items(data_dir: Path, n: int, seed: int = 0) -> list[dict]:
     for di, doc in enumerate(docs):
         lines = doc.split("\n")
         for j in range(3, len(lines)):
-            line = lines[j].strip()
+            line = " ".join(lines[j].split())
             context = [x for x in lines[j - 3 : j] if x.strip()]
-            if 20 <= len(line) <= 80 and len(context) >= 2:
+            if 20 <= len(line) <= 80 and len(set(line.split())) >= 4 and len(context) >= 2:
                 cands.append((di, "\n".join(context), line))
     rng = random.Random(f"quick-cloze/{seed}")
     rng.shuffle(cands)
@@ -96,18 +99,22 @@ def cloze_items(data_dir: Path, n: int, seed: int = 0) -> list[dict]:
     queues = list(by_doc.values())
     order = [q[i] for i in range(max((len(q) for q in queues), default=0)) for q in queues if i < len(q)]
     items, used = [], set()
-    for di, context, line in order:
+    for _, context, line in order:
         if len(items) == n:
             break
         if line in used:
             continue
-        # Distractors of about the same length: an untrained model, which prefers fewer tokens, then
-        # stays near chance instead of scoring on length alone.
-        others = [c[2] for c in cands if c[0] != di and c[2] != line and abs(len(c[2]) - len(line)) <= 3 + len(line) // 10]
-        others = list(dict.fromkeys(others))
-        if len(others) < 3:
+        n_tokens = len(tok.encode(" " + line))
+        words, shuffled = line.split(), set()
+        for _ in range(30):
+            variant = " ".join(rng.sample(words, len(words)))
+            if variant != line and len(tok.encode(" " + variant)) == n_tokens:
+                shuffled.add(variant)
+            if len(shuffled) == 3:
+                break
+        if len(shuffled) < 3:
             continue
-        choices = [line, *rng.sample(others, 3)]
+        choices = [line, *sorted(shuffled)]
         rng.shuffle(choices)
         used.add(line)
         items.append({"question": context, "choices": choices, "answer": choices.index(line)})

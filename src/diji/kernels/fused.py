@@ -62,12 +62,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Same contract as reference.apply_rope; x (B, H, T, D), cos/sin (T, D) or (B, T, D)."""
     if cos.dim() == 3:
         cos, sin = cos[:, None], sin[:, None]
-    dtype = torch.promote_types(x.dtype, cos.dtype)
     if cos.requires_grad or sin.requires_grad:  # tables are constants in the model; stay exact otherwise
         from diji.kernels import reference
 
         return reference.apply_rope(x, cos, sin)
-    return _Rope.apply(x.to(dtype), cos.to(dtype), sin.to(dtype))
+    # Compute in x's dtype. Under bf16 autocast q/k arrive in bf16 and the float32 tables would promote
+    # them to float32 (the reference does), only for attention to cast them straight back: two full
+    # copies of q and k per layer for no precision gained.
+    return _Rope.apply(x, cos.to(x.dtype), sin.to(x.dtype))
 
 
 # ---- SwiGLU ----------------------------------------------------------------------------------------
@@ -208,3 +210,23 @@ def linear_cross_entropy(
         with torch.autocast(h.device.type, enabled=False):
             return _LinearCE.apply(h.to(dtype), weight.to(dtype), targets.reshape(-1), ignore_index)
     return _LinearCE.apply(h, weight, targets.reshape(-1), ignore_index)
+
+
+# ---- torch.compile regions (opt-in) --------------------------------------------------------------------
+
+
+class Compiled:
+    """A reference op compiled with torch.compile on first call (never at import or registration).
+
+    Inductor fuses the elementwise chains into one loop, but costs 30-70 s of compilation per shape on a
+    CPU, so these are opt-in (DIJI_KERNELS=swiglu:compiled); a failure to compile is a recorded fallback.
+    """
+
+    def __init__(self, fn) -> None:
+        self.fn, self._compiled = fn, None
+        self.__name__ = f"compiled_{fn.__name__}"
+
+    def __call__(self, *args, **kwargs):
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn, dynamic=False)
+        return self._compiled(*args, **kwargs)

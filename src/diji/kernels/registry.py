@@ -50,6 +50,8 @@ class Impl:
     """Higher wins among applicable implementations; the reference has priority 0."""
     opt_in: bool = False
     """Only chosen when forced through DIJI_KERNELS."""
+    slow_start: bool = False
+    """Compiles on first use (tens of seconds); conformance checks it only when asked (--slow-start)."""
     why: str = ""
     """One line on what it does better (printed by diji doctor)."""
 

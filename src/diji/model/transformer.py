@@ -217,7 +217,11 @@ class ModelConfig:
 
 
 class Cache(Protocol):
-    """What attention needs from a KV cache: store this layer's new k/v, return everything so far."""
+    """What attention needs from a KV cache: store this layer's new k/v, return everything so far.
+
+    Shapes come from `ModelConfig.cache_dims()`: (B, K, T, D) keys and values for GQA; for MLA the
+    "k" is the latent (B, 1, T, R) and the "v" the shared rotary key (B, 1, T, Dr).
+    """
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -226,7 +230,7 @@ class Cache(Protocol):
 
 
 class KVCache:
-    """A preallocated per-layer cache (B, K, max_len, D): decoding writes in place, never re-allocates.
+    """A preallocated per-layer cache (B, heads, max_len, width): decoding writes in place, never re-allocates.
 
     `length` is the number of positions already filled; the model advances it after each forward.
     """

@@ -51,7 +51,8 @@ def _serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     policy = load_policy(args.policy, args.set)
     try:
-        cfg = ServeConfig(host=args.host, port=args.port, api_key=args.api_key if args.api_key is not None else os.environ.get("DIJI_API_KEY", ""), model_name=args.model_name,
+        api_key = args.api_key if args.api_key is not None else os.environ.get("DIJI_API_KEY", "")
+        cfg = ServeConfig(host=args.host, port=args.port, api_key=api_key, model_name=args.model_name,
                           engine=EngineConfig(max_batch_size=args.max_batch_size))
     except ValueError as e:
         raise DijiError(str(e)) from None

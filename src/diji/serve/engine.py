@@ -43,7 +43,7 @@ class EngineConfig:
     max_batch_size: int = 32
     """Cache slots: the most sequences decoding at once."""
     max_prefill_tokens: int = 4096
-    """Upper bound on prompt tokens prefetched in one prefill step (keeps decode steps from stalling long)."""
+    """Upper bound on prompt tokens in one prefill step (a long prefill stalls every running decode)."""
     max_model_len: int = 0
     """Longest prompt + output per sequence; 0 means the model's max_position_embeddings."""
 
@@ -61,12 +61,19 @@ class GenParams:
     """Per-sequence sampling settings (already validated by the caller)."""
 
     max_tokens: int = 16
+    """Most tokens to generate (0: only score the prompt)."""
     temperature: float = 1.0
+    """0 = greedy; otherwise logits are divided by it before sampling."""
     top_p: float = 1.0
+    """Nucleus sampling mass (1 = off)."""
     top_k: int = 0
+    """Keep the k most likely tokens (0 = off)."""
     stop: tuple[str, ...] = ()
+    """Strings that end the text; the text is cut before the first one."""
     stop_ids: tuple[int, ...] = ()
+    """Token ids that end the sequence (EOS, end of turn); not returned."""
     seed: int | None = None
+    """Seed of this sequence's own sampler (choice i of n uses seed + i)."""
     logprobs: int | None = None
     """Return the chosen token's log-probability and this many alternatives for each generated token."""
     prompt_logprobs: int | None = None
@@ -230,9 +237,10 @@ class SlotCache:
     """
 
     def __init__(self, cfg: ModelConfig, slots: int, max_len: int, device, dtype) -> None:
-        shape = (slots, cfg.num_key_value_heads, max_len, cfg.dim_per_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        heads, dk, dv = cfg.cache_dims()  # MLA caches its latent and rotary key instead of K/V heads
+        k_shape, v_shape = (slots, heads, max_len, dk), (slots, heads, max_len, dv)
+        self.k = [torch.zeros(k_shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(v_shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
         self.rows = torch.zeros(0, dtype=torch.long)
         self.starts = torch.zeros(0, dtype=torch.long)
         self._start = 0
@@ -395,10 +403,7 @@ class Engine:
         for i, s in enumerate(seqs):
             if i in chosen:
                 tok, lp = chosen[i]
-                text = s.append(tok)
-                if s.finish_reason is None and s.num_tokens >= self.max_model_len:
-                    s.finish_reason = "length"
-                    text += s._flush()
+                text = s.append(tok)  # add() checked that max_tokens fits the context, so no overflow here
                 ev = Event(s.request_id, s.index, [tok] if tok not in s.params.stop_ids else [], text,
                            [lp] if lp is not None and tok not in s.params.stop_ids else [])
             else:
@@ -437,6 +442,7 @@ class AsyncEngine:
         self.on_step = on_step
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, Callable] = {}
+        self._live: dict[str, int] = {}  # sequences of each request not finished yet
         self._wake = threading.Event()
         self._stop = False
         self._ids = itertools.count()
@@ -486,41 +492,48 @@ class AsyncEngine:
             if isinstance(item, tuple):
                 self.engine.abort(item[1])
                 self._sinks.pop(item[1], None)
+                self._live.pop(item[1], None)
                 continue
             try:
                 self.engine.add(item.request_id, item.prompt, item.params, item.n)
-                self._sinks[item.request_id] = item.sink
-            except ValueError as e:
+            except Exception as e:  # ValueError: the request does not fit; anything else is ours
                 item.sink(e)
+                continue
+            self._sinks[item.request_id] = item.sink
+            self._live[item.request_id] = item.n
+
+    def _iterate(self) -> None:
+        self._drain()
+        if not self.engine.scheduler.busy:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            return
+        kind = "prefill" if self.engine.scheduler.waiting and self.engine.scheduler.free else "decode"
+        t0 = time.perf_counter()
+        events = self.engine.step()
+        for ev in events:
+            sink = self._sinks.get(ev.request_id)
+            if sink is None:
+                continue
+            sink(ev)
+            if ev.finish_reason is not None:
+                self._live[ev.request_id] -= 1
+                if self._live[ev.request_id] == 0:  # every choice of the request is done
+                    del self._sinks[ev.request_id], self._live[ev.request_id]
+        if self.on_step is not None:
+            self.on_step(kind, len(events), time.perf_counter() - t0)
 
     def _loop(self) -> None:
         while not self._stop:
-            self._drain()
-            if not self.engine.scheduler.busy:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            kind = "prefill" if self.engine.scheduler.waiting and self.engine.scheduler.free else "decode"
-            t0 = time.perf_counter()
             try:
-                events = self.engine.step()
+                self._iterate()
             except Exception as e:  # a bug or a device fault: fail the requests in flight, keep serving
                 log.exception("engine step failed")
-                for rid in list(self._sinks):
-                    self._sinks.pop(rid)(e)
+                for rid, sink in list(self._sinks.items()):
+                    sink(e)
                     self.engine.abort(rid)
-                continue
-            batch = len(events)
-            for ev in events:
-                sink = self._sinks.get(ev.request_id)
-                if sink is not None:
-                    sink(ev)
-            for rid in {ev.request_id for ev in events}:
-                if not any(s.request_id == rid for s in itertools.chain(self.engine.scheduler.waiting,
-                                                                         self.engine.scheduler.running)):
-                    self._sinks.pop(rid, None)
-            if self.on_step is not None:
-                self.on_step(kind, batch, time.perf_counter() - t0)
+                self._sinks.clear()
+                self._live.clear()
 
     def close(self) -> None:
         self._stop = True

@@ -81,6 +81,7 @@ class _Choice:
     logprobs: list = field(default_factory=list)
     prompt_logprobs: list | None = None
     finish_reason: str | None = None
+    first_time: float = 0.0
     last_time: float = 0.0
 
 
@@ -120,11 +121,12 @@ class Server:
             s = self._token_str_cache[tid] = self.tok.decode([tid])
         return s
 
-    def authorize(self, headers) -> str:
-        """Check the bearer key (constant-time); returns the caller's id for rate limits and audit."""
+    def authorize(self, request) -> str:
+        """Check the bearer key (constant-time); returns the caller's id for rate limits and audit:
+        the hashed key, or without keys the hashed client address."""
         if not self.cfg.api_key:
-            return "anonymous"
-        auth = headers.get("authorization", "")
+            return key_id("addr:" + (request.client.host if request.client else "unknown"))
+        auth = request.headers.get("authorization", "")
         scheme, _, given = auth.partition(" ")
         # hmac.compare_digest takes time independent of where the strings differ (no timing oracle).
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.cfg.api_key.encode()):
@@ -175,8 +177,11 @@ class Server:
         try:
             while open_:
                 item = await q.get()
-                if isinstance(item, BaseException):
-                    raise item
+                if isinstance(item, ValueError):  # the engine's own check of a request that does not fit
+                    raise P.ApiError(400, str(item))
+                if isinstance(item, BaseException):  # logged by the engine thread
+                    raise P.ApiError(500, f"the engine failed on this request ({type(item).__name__}); "
+                                     "see the server log", type_="server_error", code="engine_error")
                 ev: Event = item
                 c = choices[sub_ids.index(ev.request_id) * n + ev.index]
                 if c.finish_reason is not None:
@@ -189,6 +194,7 @@ class Server:
                         first = False
                     elif c.last_time:
                         self.metrics.itl.observe(now - c.last_time)
+                    c.first_time = c.first_time or now
                     c.last_time = now
                 c.tokens += ev.token_ids
                 c.logprobs += ev.logprobs
@@ -198,16 +204,16 @@ class Server:
                 if ev.finish_reason is not None:
                     new += c.guard.finish()
                 if c.guard.blocked is not None:
-                    c.finish_reason = "content_filter"
+                    # One blocked choice ends the whole request: the others stop with it.
                     self.metrics.blocked.labels("output").inc()
-                    open_ -= 1
-                    for other in choices:  # one blocked choice ends the request: abort the rest too
-                        if other.finish_reason is None:
-                            other.finish_reason = "content_filter"
-                            open_ -= 1
                     for sid in sub_ids:
                         self.engine.abort(sid)
-                    yield c, ""
+                    ended = [x for x in choices if x.finish_reason is None]
+                    for x in ended:
+                        x.finish_reason = "content_filter"
+                    open_ = 0
+                    for x in ended:
+                        yield x, ""
                     continue
                 c.text += new
                 if ev.finish_reason is not None:
@@ -225,6 +231,11 @@ class Server:
         return GenParams(max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                          stop=s.stop, stop_ids=stop_ids, seed=s.seed, logprobs=logprobs,
                          prompt_logprobs=prompt_logprobs)
+
+
+def _ttft(choices: list[_Choice], arrived: float) -> float | None:
+    firsts = [c.first_time for c in choices if c.first_time]
+    return round(min(firsts) - arrived, 4) if firsts else None
 
 
 def _sse(obj: Any) -> bytes:
@@ -247,6 +258,11 @@ async def _read_json(request, limit: int) -> dict:
         raise P.ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise P.ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    try:  # JSON may escape lone UTF-16 surrogates ("\ud800"), which no UTF-8 text (or log line) can hold
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise P.ApiError(400, "the request contains an unpaired surrogate (invalid Unicode)",
+                         code="invalid_json") from None
     return body
 
 
@@ -257,11 +273,14 @@ async def _wait_disconnect(request) -> None:
             return
 
 
-async def _collect(request, agen) -> bool:
-    """Drain a generation; False if the client disconnected first (the generation is then aborted)."""
-    async def drain():
-        async for _ in agen:
-            pass
+async def _collect(request, gen) -> list[_Choice] | None:
+    """Run a generation to the end and return its choices by index; None if the client disconnected
+    first (the generation is then closed, which aborts it in the engine)."""
+    seen: dict[int, _Choice] = {}
+
+    async def drain() -> None:
+        async for c, _ in gen:
+            seen[c.index] = c
 
     work = asyncio.ensure_future(drain())
     gone = asyncio.ensure_future(_wait_disconnect(request))
@@ -273,11 +292,11 @@ async def _collect(request, agen) -> bool:
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await work
-            await agen.aclose()
-    if work in done:
-        work.result()
-        return True
-    return False
+            await gen.aclose()
+    if work not in done:
+        return None
+    work.result()
+    return [seen[i] for i in sorted(seen)]
 
 
 def build_app(server: Server):
@@ -305,8 +324,7 @@ def build_app(server: Server):
         return error_response(P.ApiError(e.status_code, str(e.detail), code=code))
 
     @app.exception_handler(Exception)
-    async def _internal(request, e):  # a bug: log it, answer in the same shape
-        log.exception("unhandled error")
+    async def _internal(request, e):  # a bug: answer in the same shape (logged by the wrapper below)
         return JSONResponse(P.ApiError(500, "internal server error", type_="server_error").body(), status_code=500)
 
     # Requests by endpoint and status, counted by a pure ASGI wrapper: Starlette's BaseHTTPMiddleware
@@ -332,8 +350,18 @@ def build_app(server: Server):
 
             try:
                 await wrapped(scope, receive, send_wrapper)
+            except Exception:
+                # Starlette has already answered 500 (see _internal) and re-raises for the server's log;
+                # logging it here instead keeps uvicorn from dropping the connection.
+                log.exception("unhandled error in %s", path)
+                if not status["code"]:
+                    status["code"] = 500
+                    body = json.dumps(P.ApiError(500, "internal server error", type_="server_error").body())
+                    await send({"type": "http.response.start", "status": 500,
+                                "headers": [(b"content-type", b"application/json")]})
+                    await send({"type": "http.response.body", "body": body.encode()})
             finally:
-                S.metrics.requests.labels(endpoint, str(status["code"] or 499)).inc()
+                S.metrics.requests.labels(endpoint, str(status["code"] or CLIENT_CLOSED)).inc()
 
         return counting
 
@@ -364,12 +392,12 @@ def build_app(server: Server):
 
     @app.get("/v1/models")
     async def models(request: fastapi.Request):
-        S.authorize(request.headers)
+        S.authorize(request)
         return {"object": "list", "data": [model_card()]}
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str, request: fastapi.Request):
-        S.authorize(request.headers)
+        S.authorize(request)
         if name != S.model_name:
             raise P.ApiError(404, f"model {name[:100]!r} does not exist", param="model", code="model_not_found")
         return model_card()
@@ -377,7 +405,7 @@ def build_app(server: Server):
     # ---- tokenizer endpoints (vLLM's shapes, read by lm-eval's RemoteTokenizer) -----------------
     @app.get("/tokenizer_info")
     async def tokenizer_info(request: fastapi.Request):
-        S.authorize(request.headers)
+        S.authorize(request)
         return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": SPECIAL_TOKENS[S.tok.bos_id],
                 "eos_token": SPECIAL_TOKENS[S.tok.eos_id], "pad_token": SPECIAL_TOKENS[S.tok.pad_id],
                 "chat_template": CHAT_TEMPLATE, "model_max_length": S.max_model_len,
@@ -385,7 +413,7 @@ def build_app(server: Server):
 
     @app.post("/tokenize")
     async def tokenize(request: fastapi.Request):
-        S.authorize(request.headers)
+        S.authorize(request)
         body = await _read_json(request, S.cfg.max_body_bytes)
         if "messages" in body:
             messages = P.parse_messages(body["messages"])
@@ -402,7 +430,7 @@ def build_app(server: Server):
 
     @app.post("/detokenize")
     async def detokenize(request: fastapi.Request):
-        S.authorize(request.headers)
+        S.authorize(request)
         body = await _read_json(request, S.cfg.max_body_bytes)
         ids = body.get("tokens")
         if not isinstance(ids, list) or not all(
@@ -413,7 +441,7 @@ def build_app(server: Server):
     # ---- feedback ----------------------------------------------------------------------------------
     @app.post("/v1/feedback")
     async def feedback(request: fastapi.Request):
-        who = S.authorize(request.headers)
+        who = S.authorize(request)
         body = await _read_json(request, S.cfg.max_body_bytes)
         rid, rating, comment = body.get("id"), body.get("rating"), body.get("comment", "")
         if not isinstance(rid, str) or not 0 < len(rid) <= 128:
@@ -430,7 +458,7 @@ def build_app(server: Server):
     @app.post("/v1/completions")
     async def completions(request: fastapi.Request):
         arrived = time.perf_counter()
-        who = S.authorize(request.headers)
+        who = S.authorize(request)
         body = await _read_json(request, S.cfg.max_body_bytes)
         S.check_model(body)
         samp = P.parse_sampling(body, ("max_tokens",))
@@ -450,7 +478,8 @@ def build_app(server: Server):
         if decision.action == "block":
             S.metrics.blocked.labels("input").inc()
             S.audit.request(id=rid, key_id=who, endpoint="completions", status=200, prompt_tokens=n_prompt,
-                            completion_tokens=0, finish_reasons=["content_filter"], decisions=[vars(decision)])
+                            completion_tokens=0, finish_reasons=["content_filter"], decisions=[vars(decision)],
+                            prompt=[S.tok.decode(p) for p in prompts])
             choices = [{"index": i, "text": "", "logprobs": None, "finish_reason": "content_filter"}
                        for i in range(len(prompts) * samp.n)]
             return {**base, "choices": choices, "usage": P.usage(n_prompt, 0)}
@@ -464,51 +493,48 @@ def build_app(server: Server):
             S.metrics.latency.observe(time.perf_counter() - arrived)
             S.audit.request(id=rid, key_id=who, endpoint="completions", status=status, prompt_tokens=n_prompt,
                             completion_tokens=done, latency_s=round(time.perf_counter() - arrived, 4),
-                            finish_reasons=[c.finish_reason for c in chs],
+                            ttft_s=_ttft(chs, arrived), finish_reasons=[c.finish_reason for c in chs],
                             decisions=[vars(d) for c in chs for d in c.guard.decisions()],
                             prompt=[S.tok.decode(p) for p in prompts], output=[c.text for c in chs])
 
-        def choice_logprobs(c) -> dict | None:
+        def choice_logprobs(c, start: int = 0, with_prompt: bool = echo) -> dict | None:
+            """Legacy logprobs of generated tokens from `start` on, after the prompt's when echoing."""
             if logprobs is None:
                 return None
-            entries = list(zip(c.tokens, c.logprobs, strict=False))
-            if echo:
+            entries = list(zip(c.tokens[start:], c.logprobs[start:], strict=False))
+            if with_prompt:
                 entries = list(zip(c.prompt, c.prompt_logprobs or [None] * len(c.prompt), strict=False)) + entries
             return P.completion_logprobs(entries, S.token_str)
 
         if samp.stream:
             async def stream():
                 chs: dict[int, Any] = {}
+                sent_lp: dict[int, int] = {}
                 try:
                     async for c, new in gen:
-                        if echo and c.index not in chs:  # the prompt goes out once, before the first text
+                        fresh = c.index not in chs  # the prompt (echo) goes out once, before the first text
+                        lp = choice_logprobs(c, sent_lp.get(c.index, 0), with_prompt=echo and fresh)
+                        sent_lp[c.index] = len(c.logprobs)
+                        if echo and fresh:
                             new = S.tok.decode(c.prompt) + new
                         chs[c.index] = c
-                        yield _sse({**base, "choices": [{"index": c.index, "text": new, "logprobs": None,
+                        yield _sse({**base, "choices": [{"index": c.index, "text": new, "logprobs": lp,
                                                          "finish_reason": c.finish_reason}]})
                     if samp.include_usage:
                         yield _sse({**base, "choices": [],
                                     "usage": P.usage(n_prompt, sum(len(c.tokens) for c in chs.values()))})
+                    yield b"data: [DONE]\n\n"
+                except P.ApiError as e:  # headers are gone: report in-band, as OpenAI streams do
+                    yield _sse(e.body())
                     yield b"data: [DONE]\n\n"
                 finally:
                     finish_audit(list(chs.values()))
 
             return StreamingResponse(stream(), media_type="text/event-stream")
 
-        holder: list = []
-
-        async def gather():
-            async for c, _ in gen:
-                if c not in holder:
-                    holder.append(c)
-                yield
-
-        try:
-            if not await _collect(request, gather()):
-                return Response(status_code=CLIENT_CLOSED)
-        except ValueError as e:
-            raise P.ApiError(400, str(e)) from None
-        holder.sort(key=lambda c: c.index)
+        holder = await _collect(request, gen)
+        if holder is None:
+            return Response(status_code=CLIENT_CLOSED)
         finish_audit(holder)
         out = []
         for c in holder:
@@ -521,7 +547,7 @@ def build_app(server: Server):
     @app.post("/v1/chat/completions")
     async def chat(request: fastapi.Request):
         arrived = time.perf_counter()
-        who = S.authorize(request.headers)
+        who = S.authorize(request)
         body = await _read_json(request, S.cfg.max_body_bytes)
         S.check_model(body)
         if "messages" not in body:
@@ -540,11 +566,11 @@ def build_app(server: Server):
         chunk = {**base, "object": "chat.completion.chunk"}
         n_prompt = len(ids) * samp.n
 
-        def audit(chs_text, finish, completion_tokens, decisions, status=200):
+        def audit(chs_text, finish, completion_tokens, decisions, ttft=None, status=200):
             S.metrics.latency.observe(time.perf_counter() - arrived)
             S.audit.request(id=rid, key_id=who, endpoint="chat", status=status, prompt_tokens=n_prompt,
                             completion_tokens=completion_tokens,
-                            latency_s=round(time.perf_counter() - arrived, 4), finish_reasons=finish,
+                            latency_s=round(time.perf_counter() - arrived, 4), ttft_s=ttft, finish_reasons=finish,
                             decisions=decisions, messages=messages, output=chs_text)
 
         if decision.action == "block":
@@ -576,7 +602,7 @@ def build_app(server: Server):
             done = sum(len(c.tokens) for c in chs)
             S.limiter.refund(who, max_tokens * len(chs) - done)
             audit([c.text for c in chs], [c.finish_reason for c in chs], done,
-                  [vars(d) for c in chs for d in c.guard.decisions()])
+                  [vars(d) for c in chs for d in c.guard.decisions()], _ttft(chs, arrived))
 
         if samp.stream:
             async def stream():
@@ -603,25 +629,17 @@ def build_app(server: Server):
                         done = sum(len(c.tokens) for c in chs.values())
                         yield _sse({**chunk, "choices": [], "usage": P.usage(n_prompt, done)})
                     yield b"data: [DONE]\n\n"
+                except P.ApiError as e:  # headers are gone: report in-band, as OpenAI streams do
+                    yield _sse(e.body())
+                    yield b"data: [DONE]\n\n"
                 finally:
                     finish(list(chs.values()))
 
             return StreamingResponse(stream(), media_type="text/event-stream")
 
-        holder: list = []
-
-        async def gather():
-            async for c, _ in gen:
-                if c not in holder:
-                    holder.append(c)
-                yield
-
-        try:
-            if not await _collect(request, gather()):
-                return Response(status_code=CLIENT_CLOSED)
-        except ValueError as e:
-            raise P.ApiError(400, str(e)) from None
-        holder.sort(key=lambda c: c.index)
+        holder = await _collect(request, gen)
+        if holder is None:
+            return Response(status_code=CLIENT_CLOSED)
         finish(holder)
         out = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
                 "logprobs": P.chat_logprobs(c.logprobs, S.token_str) if logprobs is not None else None,
