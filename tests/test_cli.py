@@ -59,7 +59,7 @@ def test_missing_paths(args, needle):
 
 
 def test_generate_from_a_trained_checkpoint(data_dir, tmp_path):
-    from conftest import tiny_overrides
+    from testkit import tiny_overrides
     from diji.config import load_config
     from diji.train.config import PretrainConfig
     from diji.train.pretrain import pretrain

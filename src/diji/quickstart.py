@@ -31,17 +31,17 @@ PRETRAIN_OVERRIDES = [
 # then GRPO with the exact-answer verifier. Both report greedy accuracy on the same held-out test problems.
 EVAL_EXAMPLES = 200
 SFT_OVERRIDES = [
-    'data.task="arith"', "data.task_examples=3000", "data.seq_len=256", 'data.eval_task="arith"',
+    'data.task="arith"', "data.task_examples=6000", "data.seq_len=256", 'data.eval_task="arith"',
     f"data.eval_examples={EVAL_EXAMPLES}", "data.eval_max_new_tokens=48",
-    "train.batch_size=16", "train.max_steps=150", "train.log_every=10", "train.eval_every=0",
-    "train.eval_batches=4", "train.save_every=150", "optim.lr=1e-3", "optim.warmup_steps=10",
+    "train.batch_size=16", "train.max_steps=300", "train.log_every=10", "train.eval_every=0",
+    "train.eval_batches=4", "train.save_every=300", "optim.lr=3e-3", "optim.warmup_steps=10",
     "optim.weight_decay=0.0",
 ]
 GRPO_OVERRIDES = [
     'grpo.task="arith"', "grpo.group_size=8", "grpo.max_new_tokens=48", "grpo.temperature=1.0",
     f"grpo.eval_examples={EVAL_EXAMPLES}", "grpo.prompt_pool=4000",
-    "train.batch_size=8", "train.max_steps=60", "train.log_every=5", "train.eval_every=0",
-    "train.save_every=60", "optim.lr=1e-4", "optim.warmup_steps=5", "optim.schedule=\"constant\"",
+    "train.batch_size=8", "train.max_steps=40", "train.log_every=5", "train.eval_every=0",
+    "train.save_every=40", "optim.lr=3e-4", "optim.warmup_steps=5", "optim.schedule=\"constant\"",
 ]
 
 

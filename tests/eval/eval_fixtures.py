@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from evalkit import arithmetic_docs
 
-from conftest import tiny_overrides, write_data_dir
+from testkit import tiny_overrides, write_data_dir
 
 
 @pytest.fixture(scope="session")

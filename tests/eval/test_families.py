@@ -193,3 +193,15 @@ def test_builtin_reasoning_task_held_out_split(lm):
     held_out = get_task("arith").examples("test", 6, seed=0)
     assert res.unit_ids == [ex.id for ex in held_out] and res.family == "reasoning"
     assert res.settings["split"] == "test" and 0 <= res.score <= 1
+
+
+def test_builtin_task_scores_like_the_training_stages_own_held_out_check(lm):
+    """`diji eval arith` and the accuracy SFT/GRPO log (`diji.eval.task.score`) are the same measurement."""
+    from diji.eval.generative import evaluate_builtin
+    from diji.eval.task import get_task, score
+
+    task = get_task("arith")
+    res = evaluate_builtin(lm, "arith", EvalSettings(limit=8, max_new_tokens=20), BAR, "arith")
+    theirs = score(lm.model, lm.tokenizer, task, task.examples("test", 8, seed=0), max_new_tokens=20)
+    assert [s["responses"][0] for s in res.samples] == theirs.completions
+    assert res.score == theirs.accuracy and res.metrics["format"].score == theirs.format_rate

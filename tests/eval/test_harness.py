@@ -74,12 +74,12 @@ def test_comparison_pairs_items_and_flags_real_differences(tiny_ckpt, early_ckpt
 def test_decontamination_finds_items_copied_from_training_data(eval_data, tmp_path, capsys):
     from diji.eval.decontam import contamination
 
-    # The training data holds arithmetic_docs(300, seed=2); the same seed's items are in it.
-    seen = arithmetic_items(300, seed=2)[:3]
+    # The data directory holds arithmetic_docs(400, seed=2), the first 360 in its train split.
+    seen = arithmetic_items(400, seed=2)[:3]
     novel = [{"question": f"How many {w} stones weigh seventeen kilograms altogether in the old {w} mine?",
               "answer": "#### 17"} for w in ("granite", "basalt")]
-    rep = contamination([f"{r['question']} {r['answer']}" for r in seen + novel]
-                        + ["7?"], eval_data, n=8)
+    # Question and answer are separate segments: in the training text a "\nAnswer:" line sits between them.
+    rep = contamination([[r["question"], r["answer"]] for r in seen + novel] + ["7?"], eval_data, n=8)
     assert rep["contaminated_items"] == [0, 1, 2] and rep["too_short"] == 1
     assert rep["fraction"] == pytest.approx(3 / 5) and rep["train_tokens_scanned"] > 0
     # Through the CLI without a checkpoint: the report alone.

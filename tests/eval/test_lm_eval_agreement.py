@@ -3,12 +3,15 @@
 lm-eval (`--model local-completions`) talks to `diji serve` over HTTP exactly as it would to any
 OpenAI-compatible server: token-id prompts, `echo` + `logprobs` to score choices, `stop` for generation.
 diji's harness scores the same files in-process. We require
-  * mc: per-item, per-choice log-likelihoods within 1e-4 and identical acc / acc_norm;
+  * the harness's log-likelihoods to equal the server's echoed token log-probabilities (1e-4) directly;
+  * mc through lm-eval: per-item, per-choice log-likelihoods within 1e-4 and identical acc / acc_norm;
   * math: identical greedy generations per item and identical exact match (both sides grade with diji's
-    verifier, via lm-eval's `process_results` hook, so a mismatch can only come from prompting or decoding).
+    verifier, via lm-eval's `process_results` hook, so a mismatch can only come from prompting or decoding),
+    in completion mode (local-completions) and in chat mode (local-chat-completions, few-shot as turns).
 
-External and slow (~1 min: lm-eval's start-up dominates). CI runs it with `make test-slow` after
-`pip install "lm-eval[api]"` (pinned to the version below, whose request format NOTES.md describes).
+External and slow (1–3 min: lm-eval's start-up dominates). CI runs it with `make test-slow` after
+`pip install "lm-eval[api]"` (tested with lm-eval 0.4.13, whose request format NOTES.md describes); it
+needs no network: the task files are local JSON and the tokenizer comes from the server.
 """
 
 from __future__ import annotations
@@ -126,13 +129,16 @@ def server(tiny_ckpt, tmp_path_factory):
         proc.wait(timeout=20)
 
 
-def run_lm_eval(base: str, task: str, include: Path, out: Path) -> dict[int, dict]:
+def run_lm_eval(base: str, task: str, include: Path, out: Path, model: str = "local-completions",
+                endpoint: str = "/v1/completions", extra: tuple[str, ...] | list[str] = ()) -> dict[int, dict]:
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(out / "hf-cache"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args",
-           f"model=tiny,base_url={base}/v1/completions,num_concurrent=1,max_retries=1,tokenized_requests=True",
+    args = f"model=tiny,base_url={base}{endpoint},num_concurrent=1,max_retries=1"
+    if model == "local-completions":
+        args += ",tokenized_requests=True"
+    cmd = [sys.executable, "-m", "lm_eval", "--model", model, "--model_args", args,
            "--tasks", task, "--include_path", str(include), "--num_fewshot", str(FEWSHOT), "--batch_size", "1",
-           "--output_path", str(out), "--log_samples", "--seed", "0"]
+           "--output_path", str(out), "--log_samples", "--seed", "0", *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(out.rglob(f"samples_{task}_*.jsonl"))
@@ -218,6 +224,57 @@ def test_math_greedy_generations_and_exact_match_match_lm_eval(server, tiny_ckpt
     assert len(theirs) == len(ours.samples) == 10
     # The tiny model writes real answers (not empty strings), so agreement means something.
     assert sum("####" in s["responses"][0] for s in ours.samples) >= 5
+    for i, sample in enumerate(ours.samples):
+        assert sample["responses"][0] == theirs[i]["filtered_resps"][0], f"item {i}"
+        assert float(sample["correct"][0]) == theirs[i]["exact_match"]
+
+
+CHAT_YAML = """\
+task: diji_math_chat
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+fewshot_split: test
+fewshot_config:
+  sampler: first_n
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+target_delimiter: ""
+fewshot_delimiter: ""
+generation_kwargs:
+  until: ["<|im_end|>"]
+  do_sample: false
+  temperature: 0.0
+  max_gen_toks: {max_gen}
+process_results: !function diji_utils.process_results
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def test_math_chat_mode_matches_lm_eval_chat_completions(server, tiny_ckpt, tmp_path):
+    """Chat mode: lm-eval sends the few-shot pairs as user/assistant turns to /v1/chat/completions, which
+    renders them with the same ChatML renderer diji's harness uses in-process."""
+    path = write_jsonl(tmp_path / "math.jsonl", arithmetic_items(6, seed=33))
+    include = tmp_path / "tasks"
+    include.mkdir()
+    (include / "diji_math_chat.yaml").write_text(CHAT_YAML.format(path=path, max_gen=MAX_GEN))
+    (include / "diji_utils.py").write_text(UTILS)
+    theirs = run_lm_eval(server, "diji_math_chat", include, tmp_path / "out", model="local-chat-completions",
+                         endpoint="/v1/chat/completions", extra=["--apply_chat_template", "--fewshot_as_multiturn"])
+
+    from diji.eval.generative import evaluate_math
+
+    lm = LanguageModel.from_checkpoint(tiny_ckpt, "cpu", batch_size=4)
+    ours = evaluate_math(lm, path, EvalSettings(num_fewshot=FEWSHOT, max_new_tokens=MAX_GEN, mode="chat"),
+                         progress_bar(False), "math")
+    assert len(theirs) == len(ours.samples) == 6
+    assert sum(bool(s["responses"][0].strip()) for s in ours.samples) >= 3
     for i, sample in enumerate(ours.samples):
         assert sample["responses"][0] == theirs[i]["filtered_resps"][0], f"item {i}"
         assert float(sample["correct"][0]) == theirs[i]["exact_match"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import diji
-from conftest import write_data_dir
 from diji.train.checkpoint import verify_checkpoint
+from testkit import write_data_dir
 
 # The fixtures (eval_data, tiny_ckpt, early_ckpt, ckpt) live in eval_fixtures.py, loaded as a plugin.
 pytest_plugins = ("eval_fixtures",)

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from conftest import synthetic_docs
+from testkit import synthetic_docs
 from diji.data.chat import CHAT_TEMPLATE
 from diji.data.tokenizer import train_tokenizer
 from diji.model.commands import export_hf, import_hf

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from testkit import tiny_overrides
 from diji.config import load_config
 from diji.model.generate import SamplingParams, generate
 from diji.model.transformer import KVCache, ModelConfig, Transformer

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from testkit import tiny_overrides
 from diji.config import load_config
 from diji.kernels import moe as kmoe
 from diji.kernels.registry import REGISTRY

@@ -183,3 +183,19 @@ def test_add_refuses_a_prompt_that_does_not_fit_the_context():
         engine.add("r", list(range(10)), GenParams(max_tokens=7))
     with pytest.raises(ValueError):
         EngineConfig(max_batch_size=0)
+
+
+def test_a_sampled_stop_token_is_reported_with_its_logprob_but_not_as_text():
+    """lm-eval scores `echo` requests by the last generated token's log-prob, even when it is EOS."""
+    model = tiny_model()
+    first = greedy_without_cache(model, [5, 6, 7], 1)[0]
+    engine = Engine(model, letters, EngineConfig(max_batch_size=2))
+    engine.add("r", [5, 6, 7], GenParams(max_tokens=1, temperature=0, stop_ids=(first,), logprobs=1))
+    events = run_all(engine)[("r", 0)]
+    last = events[-1]
+    assert last.finish_reason == "stop" and last.token_ids == [] and last.text == ""
+    tok, lp = last.stop_token
+    assert tok == first
+    with torch.no_grad():
+        want = float(model(torch.tensor([[5, 6, 7]]))[0, -1].log_softmax(-1)[first])
+    assert abs(lp.logprob - want) < 1e-4

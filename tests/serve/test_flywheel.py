@@ -46,3 +46,21 @@ def test_export_without_logged_text_or_audit_files(tmp_path):
     assert stats.skipped_no_text == 1 and stats.exported == 0 and (tmp_path / "out.jsonl").read_text() == ""
     with pytest.raises(DijiError, match="no audit"):
         export_flywheel(tmp_path / "missing", tmp_path / "x.jsonl")
+
+
+def test_data_flywheel_command(tmp_path):
+    import subprocess
+    import sys
+
+    log = AuditLog(tmp_path / "audit", log_text=True)
+    chat(log, "a", "1+1?", "2")
+    log.feedback("a", 1, "", "k")
+    log.close()
+    run = [sys.executable, "-m", "diji", "data", "flywheel", "--from", str(tmp_path / "audit"), "--out"]
+    done = subprocess.run([*run, str(tmp_path / "sft.jsonl")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["exported"] == 1
+    assert json.loads((tmp_path / "sft.jsonl").read_text())["messages"][1]["content"] == "2"
+    bad = subprocess.run([*run[:-3], "--from", str(tmp_path / "none"), "--out", str(tmp_path / "x.jsonl")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "audit" in bad.stderr

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from testkit import tiny_overrides
 from diji.config import load_config
 from diji.errors import DijiError
 from diji.observe.metrics import read_metrics

@@ -35,6 +35,13 @@ def register(sub: Any) -> None:
     r.add_argument("--verify", action="store_true", help="also check every shard's sha256")
     r.set_defaults(func=_report)
 
+    f = dsub.add_parser("flywheel", help="export well-rated served conversations as SFT data (JSONL)")
+    f.add_argument("--from", dest="audit_dir", required=True, metavar="AUDIT_DIR",
+                   help="the server's audit directory (see `diji serve --policy`)")
+    f.add_argument("--out", required=True, metavar="FILE", help="output JSONL for `diji train sft`")
+    f.add_argument("--min-rating", type=int, default=1, help="keep responses rated at least this (default 1)")
+    f.set_defaults(func=_flywheel)
+
     tok = sub.add_parser("tokenizer", help="train byte-level BPE tokenizers")
     tok.set_defaults(func=lambda a: _help(tok))
     tsub = tok.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
@@ -45,6 +52,16 @@ def register(sub: Any) -> None:
     t.add_argument("--text-field", default="text", metavar="NAME", help="JSONL field / parquet column")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_tokenizer_train)
+
+
+def _flywheel(args: argparse.Namespace) -> int:
+    import json
+
+    from diji.serve.flywheel import export_flywheel
+
+    stats = export_flywheel(args.audit_dir, args.out, min_rating=args.min_rating)
+    print(json.dumps(stats.as_dict()))
+    return 0
 
 
 def _help(parser: argparse.ArgumentParser) -> int:

@@ -1,9 +1,9 @@
 """Decontamination report: which task items already appear in the training data.
 
-An item counts as contaminated when any run of `n` consecutive tokens of its text (question plus
-reference answer) also occurs in the data directory's `train` split — the long-n-gram overlap test of
+An item counts as contaminated when any run of `n` consecutive tokens of its question or of its
+reference answer also occurs in the data directory's `train` split — the long-n-gram overlap test of
 GPT-3 (Brown et al. 2020, App. C, 13-grams), here on tokens of the data's own tokenizer because the
-training data is stored as tokens. Items shorter than `n` tokens cannot be tested this way; they are
+training data is stored as tokens. Items whose segments are all shorter than `n` tokens cannot be tested this way; they are
 counted separately, not called clean.
 
 Method: every n-gram is reduced to a 64-bit polynomial hash, vectorised over the token stream with
@@ -11,9 +11,10 @@ numpy (wrap-around uint64 arithmetic); the task's n-gram hashes are a small sort
 the stream is looked up in it. A false positive needs a 64-bit collision among ~10⁹ × 10⁴ pairs
 (probability ≈ 10⁻⁶); there are no false negatives for text tokenized the same way.
 
-What it does not catch: paraphrases, translations, reformatted numbers, or an item whose text was
-tokenized differently in context (only the first word of an item can differ — byte-level BPE splits
-words independently of what precedes them — so interior n-grams still match).
+What it does not catch: paraphrases, translations, reformatted numbers, or a segment tokenized
+differently in context. Byte-level BPE splits words independently of what precedes them, except that a
+word carries its leading space; segments are therefore encoded with one, their mid-text form, and a
+segment that starts a training document can differ only in its first token (interior n-grams match).
 """
 
 from __future__ import annotations
@@ -69,22 +70,31 @@ def _train_shards(data_dir: Path) -> tuple[list[np.memmap], dict]:
     return arrays, manifest
 
 
-def contamination(texts: Sequence[str], data_dir: str | Path, n: int = DEFAULT_N) -> dict[str, Any]:
-    """Check each item text against the data directory's train split; returns the report as a dict."""
+def contamination(items: Sequence[str | Sequence[str]], data_dir: str | Path, n: int = DEFAULT_N) -> dict[str, Any]:
+    """Check each item against the data directory's train split; returns the report as a dict.
+
+    An item is a text or a list of segments (question, answer, …). Segments are checked separately, each
+    with a leading space, the form a word takes inside running text: joining them would create n-grams
+    across the seam that no training document contains, and a segment's first word would otherwise be
+    tokenized as if it started a document.
+    """
     if n < 2:
         raise DijiError(f"the n-gram length must be at least 2, got {n}")
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
     arrays, _ = _train_shards(data_dir)
     tok = Tokenizer.from_file(data_dir / "tokenizer.json")
+    segments = [[it] if isinstance(it, str) else list(it) for it in items]
+    flat = [(i, " " + seg.strip()) for i, segs in enumerate(segments) for seg in segs if seg.strip()]
     owners: dict[int, list[int]] = {}
-    too_short = 0
-    for i, ids in enumerate(tok.encode_batch(list(texts))):
+    checkable = set()
+    for (i, _), ids in zip(flat, tok.encode_batch([text for _, text in flat]), strict=True):
         hashes = ngram_hashes(np.asarray(ids), n)
-        if len(hashes) == 0:
-            too_short += 1
+        if len(hashes):
+            checkable.add(i)
         for h in set(hashes.tolist()):
             owners.setdefault(h, []).append(i)
+    too_short = len(items) - len(checkable)
     table = np.array(sorted(owners), dtype=np.uint64)
     hit_hashes: set[int] = set()
     scanned = 0
@@ -97,11 +107,11 @@ def contamination(texts: Sequence[str], data_dir: str | Path, n: int = DEFAULT_N
                 hit_hashes.update(np.unique(found).tolist())
             scanned += len(arr)
     hits = sorted({i for h in hit_hashes for i in owners[h]})
-    checked = len(texts) - too_short
+    checked = len(items) - too_short
     return {
         "data_dir": str(data_dir),
         "ngram_tokens": n,
-        "items": len(texts),
+        "items": len(items),
         "checked": checked,
         "too_short": too_short,
         "contaminated": len(hits),

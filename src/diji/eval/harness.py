@@ -294,8 +294,8 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def task_texts(spec: TaskSpec, settings: EvalSettings) -> list[str]:
-    """The text of each evaluated item (question + reference answer) for the decontamination check."""
+def task_texts(spec: TaskSpec, settings: EvalSettings) -> list[list[str]]:
+    """Each evaluated item as [question, reference answer] for the decontamination check."""
     from diji.eval.generative import HELDOUT_DEFAULT, MathFileTask
     from diji.eval.mc import load_mc
     from diji.eval.task import get_task
@@ -303,14 +303,14 @@ def task_texts(spec: TaskSpec, settings: EvalSettings) -> list[str]:
     if spec.family == "mc":
         items, _ = load_mc(spec.target)
         items = items[: settings.limit] if settings.limit else items
-        return [f"{it.question} {it.choices[it.answer]}" for it in items]
+        return [[it.question, it.choices[it.answer]] for it in items]
     if spec.family == "math":
         exs = MathFileTask(spec.target).examples("test", settings.limit)
     elif spec.family == "reasoning":
         exs = get_task(spec.target).examples("test", settings.limit or HELDOUT_DEFAULT, seed=0)
     else:
         raise DijiError(f"decontamination applies to task files and built-in tasks, not to {spec.name}")
-    return [f"{ex.messages[-1]['content']} {ex.solution}" for ex in exs]
+    return [[ex.messages[-1]["content"], ex.solution] for ex in exs]
 
 
 def evaluate(

@@ -85,15 +85,13 @@ def evaluate_mc(lm: LanguageModel, path: str | Path, settings: EvalSettings, bar
         raise DijiError(f"{path} has {len(items)} items: too few for {settings.num_fewshot} few-shot examples "
                         "plus the question")
     chosen = items[: settings.limit] if settings.limit else items
-    requests, owner = [], []
-    prompts = []
+    requests, prompts = [], []
     for i, item in enumerate(chosen):
         text = prompt(item, fewshot(items, i, settings.num_fewshot))
         prompts.append(text)
         for choice in item.choices:
             requests.append(lm.encode_pair(text, TARGET_DELIMITER + choice))
-            owner.append(i)
-    with bar(len(requests), f"{name}") as progress:
+    with bar(len(requests), name) as progress:
         results = lm.loglikelihood(requests, progress)
     acc, acc_norm, samples = [], [], []
     k = 0

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from diji.kernels import reference
 from diji.kernels.registry import REGISTRY
-from diji.model.transformer import KVCache, Transformer
+from diji.model.transformer import MLP, Attention, KVCache, Transformer
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,11 @@ class PackedDecoder:
     The reference (`decode:reference`, the model's own forward) stays; tests check the two agree.
     Packing costs one copy of the weights; it is cached per model until any parameter changes.
     """
+
+    @staticmethod
+    def supports(model: Transformer) -> bool:
+        """Dense GQA blocks only; MLA and MoE layers decode through the model's own forward."""
+        return all(type(b.self_attn) is Attention and type(b.mlp) is MLP for b in model.model.layers)
 
     def __init__(self, model: Transformer) -> None:
         cfg = model.config
@@ -166,8 +171,9 @@ def _decode_reference(model: Transformer, tok: torch.Tensor, cache: KVCache, pos
 
 
 def _decode_packed(model: Transformer, tok: torch.Tensor, cache: KVCache, positions, attention_mask):
-    if not isinstance(cache, KVCache) or torch.is_grad_enabled():
-        raise NotImplementedError("the packed decoder is inference-only and needs a KVCache")
+    # Inference-only and dense-only by design (not a fallback): other cases take the reference.
+    if not isinstance(cache, KVCache) or torch.is_grad_enabled() or not PackedDecoder.supports(model):
+        return _decode_reference(model, tok, cache, positions, attention_mask)
     return _packed(model).step(tok, cache, positions, attention_mask)
 
 

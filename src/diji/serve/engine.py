@@ -100,6 +100,9 @@ class Event:
     logprobs: list[TokenLogprob]
     prompt_logprobs: list[TokenLogprob | None] | None = None
     finish_reason: str | None = None
+    stop_token: tuple[int, TokenLogprob | None] | None = None
+    """The sampled stop token (not part of token_ids/text) and its log-probability: scoring clients
+    such as lm-eval read the last generated token's log-prob even when it is EOS."""
 
 
 class Sequence:
@@ -404,8 +407,11 @@ class Engine:
             if i in chosen:
                 tok, lp = chosen[i]
                 text = s.append(tok)  # add() checked that max_tokens fits the context, so no overflow here
-                ev = Event(s.request_id, s.index, [tok] if tok not in s.params.stop_ids else [], text,
-                           [lp] if lp is not None and tok not in s.params.stop_ids else [])
+                is_stop = tok in s.params.stop_ids
+                ev = Event(s.request_id, s.index, [] if is_stop else [tok], text,
+                           [lp] if lp is not None and not is_stop else [])
+                if is_stop:
+                    ev.stop_token = (tok, lp)
             else:
                 s.finish_reason = "length"
                 ev = Event(s.request_id, s.index, [], "", [])

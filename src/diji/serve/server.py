@@ -81,6 +81,7 @@ class _Choice:
     logprobs: list = field(default_factory=list)
     prompt_logprobs: list | None = None
     finish_reason: str | None = None
+    stop_token: tuple | None = None
     first_time: float = 0.0
     last_time: float = 0.0
 
@@ -198,6 +199,8 @@ class Server:
                     c.last_time = now
                 c.tokens += ev.token_ids
                 c.logprobs += ev.logprobs
+                if ev.stop_token is not None:
+                    c.stop_token = ev.stop_token
                 if ev.prompt_logprobs is not None:
                     c.prompt_logprobs = ev.prompt_logprobs
                 new = c.guard.feed(ev.text)
@@ -502,6 +505,9 @@ def build_app(server: Server):
             if logprobs is None:
                 return None
             entries = list(zip(c.tokens[start:], c.logprobs[start:], strict=False))
+            if c.stop_token is not None and c.finish_reason is not None and c.stop_token[1] is not None:
+                # Like vLLM/OpenAI: the stop token's log-prob is reported though its text is not.
+                entries.append(c.stop_token)
             if with_prompt:
                 entries = list(zip(c.prompt, c.prompt_logprobs or [None] * len(c.prompt), strict=False)) + entries
             return P.completion_logprobs(entries, S.token_str)
