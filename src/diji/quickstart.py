@@ -1,8 +1,9 @@
 """`diji quickstart`: the whole chain on the embedded default corpus, on a CPU, in minutes.
 
 corpus (this machine's Python standard library: docstrings and code) → curated, tokenized shards →
-pretrained model → sample → SFT and GRPO on arithmetic word problems → report + summary.json. Each stage writes its part of summary.json,
-whose keys later stages extend and never rename (DESIGN.md).
+pretrained model → sample → SFT then GRPO on arithmetic word problems (diji.eval.reasoning) → report +
+summary.json. Each stage writes its part of summary.json, whose keys later stages extend and never rename
+(DESIGN.md).
 """
 
 from __future__ import annotations

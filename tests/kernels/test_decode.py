@@ -62,3 +62,19 @@ def test_packed_weights_are_rebuilt_after_the_model_changes():
         after = generate(m, prompt, params)[0].tokens
     with REGISTRY.forced({"decode": "reference"}):
         assert generate(m, prompt, params)[0].tokens == after
+
+
+def test_generate_sees_weights_a_fused_optimizer_changed_in_place():
+    """Fused AdamW writes parameters without bumping their version counters; packing must not go stale."""
+    m = tiny()
+    prompt = [[1, 2, 3, 4]]
+    params = SamplingParams(max_new_tokens=6)
+    with REGISTRY.forced({"decode": "packed"}):
+        generate(m, prompt, params)
+        opt = torch.optim.AdamW(m.parameters(), lr=0.5, fused=True)
+        for p in m.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+        after = generate(m, prompt, params)[0].tokens
+    with REGISTRY.forced({"decode": "reference"}):
+        assert generate(m, prompt, params)[0].tokens == after

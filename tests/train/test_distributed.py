@@ -12,12 +12,12 @@ import sys
 
 import pytest
 
-from testkit import tiny_overrides
 from diji.config import load_config
 from diji.errors import DijiError
 from diji.observe.metrics import read_metrics
 from diji.train.config import PretrainConfig
 from diji.train.pretrain import pretrain
+from testkit import tiny_overrides
 
 TOL = 1e-5
 STEPS = 6

@@ -54,7 +54,7 @@ def test_clipped_objective_by_hand():
 
 
 class DigitTask(Task):
-    """Trivially learnable: the reward is the share of digits in the completion."""
+    """Trivially learnable: reward 1 when the completion contains a digit (about 1 in 4 at random init)."""
 
     name = "digits"
 
@@ -62,11 +62,10 @@ class DigitTask(Task):
         return [Example(id=f"{split}-{i}", messages=({"role": "user", "content": "go"},), answer="") for i in range(n)]
 
     def grade(self, example, completion):
-        share = sum(c.isdigit() for c in completion) / max(len(completion), 1)
-        return Grade(share > 0.5, None, False)
+        return Grade(any(c.isdigit() for c in completion), None, False)
 
     def reward(self, example, completion):
-        return sum(c.isdigit() for c in completion) / max(len(completion), 1)
+        return float(self.grade(example, completion).correct)
 
 
 def grpo_overrides(base, out, name="g", steps=20, task="digits"):
@@ -81,10 +80,10 @@ def grpo_overrides(base, out, name="g", steps=20, task="digits"):
 def test_tiny_grpo_run_raises_a_trivially_learnable_reward(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(task_mod, "get_task", lambda name: DigitTask())
     base = tiny_base(tmp_path, data_dir)
-    result = grpo(load_config(GRPOConfig, None, grpo_overrides(base, tmp_path, steps=20)))
+    result = grpo(load_config(GRPOConfig, None, grpo_overrides(base, tmp_path, steps=20) + ["optim.lr=5e-2"]))
     rows = [r for r in read_metrics(tmp_path / "g" / "metrics.jsonl") if "reward_mean" in r]
     first, last = sum(r["reward_mean"] for r in rows[:3]) / 3, sum(r["reward_mean"] for r in rows[-3:]) / 3
-    assert last > first + 0.3, (first, last)
+    assert last > first + 0.4, (first, last)  # measured: about 0.2 → 0.95
     assert {"reward_std", "accuracy", "response_len", "clip_frac", "kept_frac", "grad_norm"} <= set(rows[-1])
     lineage = read_lineage(result["checkpoint"])
     assert lineage["stage"] == "grpo" and lineage["task"] == "digits"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diji.data.readers import ReadStats, iter_documents
+from diji.data.readers import ReadStats, file_kind, iter_documents, open_binary
 from diji.data.textstats import ngram_hashes, tokens
 from diji.errors import DijiError
 
@@ -42,10 +42,8 @@ def _eval_texts(path: Path, cfg: DecontamConfig) -> list[str]:
     if path.name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson")):
         out = []
         # read the raw objects: evaluation sets keep their text in several fields
-        from diji.data.readers import _kind, _open_binary
-
-        _, comp = _kind(path)
-        with _open_binary(path, comp) as f:
+        _, comp = file_kind(path)
+        with open_binary(path, comp) as f:
             for raw in f:
                 try:
                     obj = json.loads(raw)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -104,8 +105,20 @@ def _code_fraction(sample: str) -> float:
     return code / n if n >= 3 else 0.0
 
 
-def _count(cp: np.ndarray, lo: int, hi: int) -> int:
-    return int(np.count_nonzero((cp >= lo) & (cp < hi)))
+_HAN, _KANA, _HANGUL, _LATIN = 1, 2, 3, 4
+
+
+@lru_cache(maxsize=1)
+def _script_table() -> np.ndarray:
+    """Script of each code point below 0x10000 (0: other)."""
+    t = np.zeros(0x10000, dtype=np.uint8)
+    for lo, hi in ((0x3400, 0x4DC0), (0x4E00, 0xA000), (0xF900, 0xFB00)):
+        t[lo:hi] = _HAN
+    t[0x3040:0x3100] = _KANA
+    t[0xAC00:0xD7B0] = _HANGUL
+    t[0x41:0x5B] = t[0x61:0x7B] = t[0xC0:0x250] = _LATIN
+    t[0xD7] = t[0xF7] = 0
+    return t
 
 
 def detect_script(text: str, cfg: LangIdConfig) -> tuple[str, float]:
@@ -115,16 +128,15 @@ def detect_script(text: str, cfg: LangIdConfig) -> tuple[str, float]:
     if code >= cfg.code_line_fraction:
         return "code", code
     cp = codepoints(sample)
-    han = _count(cp, 0x4E00, 0xA000) + _count(cp, 0x3400, 0x4DC0) + _count(cp, 0xF900, 0xFB00)
-    kana = _count(cp, 0x3040, 0x3100)
-    hangul = _count(cp, 0xAC00, 0xD7B0)
-    cls = char_classes(cp)
-    word = cls == 1
-    latin = word & ((cp < 0x250) & ~((cp >= 0x30) & (cp <= 0x39)))
-    # a word starts where a word character follows a non-word character
+    script = _script_table()[np.where(cp < 0x10000, cp, 0)]
+    counts = np.bincount(script, minlength=5)
+    han, kana, hangul = int(counts[_HAN]), int(counts[_KANA]), int(counts[_HANGUL])
+    word = char_classes(cp) == 1
+    # a word starts where a word character follows a non-word character; its script is its first letter's
     starts = word & ~np.concatenate(([False], word[:-1]))
-    n_latin = int(np.count_nonzero(starts & latin))
-    n_other = int(np.count_nonzero(starts & ~latin & (cp >= 0x250)))
+    first = script[starts]
+    n_latin = int(np.count_nonzero(first == _LATIN))
+    n_other = int(np.count_nonzero((first == 0) & (cp[starts] >= 0x250)))
     total = han + kana + hangul + n_latin + n_other
     if total < 5:
         return "unknown", 0.0

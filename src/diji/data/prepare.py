@@ -378,13 +378,17 @@ def prepare(
     tokenizer: str | Path | None = None,
     decontaminate: Iterable[str | Path] = (),
     show_progress: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Build a data directory (shards, tokenizer.json, manifest.json, rejected/) and return its manifest.
 
     `tokenizer` is an existing tokenizer.json (or a directory holding one); without it a tokenizer of
     `cfg.vocab_size` is trained on the training split. `decontaminate` are evaluation files whose long
-    n-grams must not appear in the training data.
+    n-grams must not appear in the training data. `timings`, if given, receives the wall-clock seconds
+    of each stage (curate, dedup, tokenizer, tokenize, publish) — kept out of the manifest, which
+    stays a deterministic function of the inputs.
     """
+    timings = timings if timings is not None else {}
     cfg = cfg or DataConfig()
     out_dir = Path(out_dir)
     paths = expand_inputs(inputs)
@@ -419,7 +423,7 @@ def prepare(
     t1 = time.perf_counter()
     plan, metas = _plan(work, n_chunks, cfg)
     t2 = time.perf_counter()
-    # timings go to the log, not the manifest: the manifest stays a deterministic function of the inputs
+    timings["curate"], timings["dedup"] = t1 - t0, t2 - t1
     log.info("curate: %d chunks in %.2fs; dedup and split in %.2fs", n_chunks, t1 - t0, t2 - t1)
     stages = merge_stage_dicts([m["stages"] for m in metas]) + plan.stages
     n_kept = sum(int(m.sum()) for m in plan.keep)
@@ -446,7 +450,9 @@ def prepare(
 
     t3 = time.perf_counter()
     _tokenize_chunks(work, plan, tok, cfg, show_progress)
-    log.info("tokenizer in %.2fs; tokenize in %.2fs (%s)", t3 - t2, time.perf_counter() - t3, tok.fast_reason)
+    t4 = time.perf_counter()
+    timings["tokenizer"], timings["tokenize"] = t3 - t2, t4 - t3
+    log.info("tokenizer in %.2fs; tokenize in %.2fs (%s)", t3 - t2, t4 - t3, tok.fast_reason)
 
     pub = work / "publish"
     shutil.rmtree(pub, ignore_errors=True)
@@ -484,6 +490,7 @@ def prepare(
     atomic_write_json(pub / MANIFEST_FILE, manifest)
     publish_dir(pub, out_dir)
     shutil.rmtree(work, ignore_errors=True)
+    timings["publish"] = time.perf_counter() - t4
     return manifest
 
 

@@ -66,7 +66,7 @@ class ReadStats:
         }
 
 
-def _kind(path: Path) -> tuple[str, str]:
+def file_kind(path: Path) -> tuple[str, str]:
     """(format, compression) from the file name; format 'txt' for anything unrecognised."""
     suffixes = [s.lower() for s in path.suffixes]
     comp = ""
@@ -124,7 +124,7 @@ def _hidden(q: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in q.relative_to(root).parts)
 
 
-def _open_binary(path: Path, comp: str) -> IO[bytes]:
+def open_binary(path: Path, comp: str) -> IO[bytes]:
     if comp == ".gz":
         return gzip.open(path, "rb")
     if comp == ".zst":
@@ -181,7 +181,7 @@ def _decode(raw: bytes, where: str, stats: ReadStats) -> str | None:
 
 
 def _read_txt(path: Path, comp: str, stats: ReadStats) -> Iterator[Document]:
-    with _open_binary(path, comp) as f:
+    with open_binary(path, comp) as f:
         data = f.read()
     stats.bytes += len(data)
     if b"\x00" in data[:65536]:
@@ -198,7 +198,7 @@ def _read_txt(path: Path, comp: str, stats: ReadStats) -> Iterator[Document]:
 
 
 def _read_jsonl(path: Path, comp: str, field_name: str, stats: ReadStats) -> Iterator[Document]:
-    with _open_binary(path, comp) as f:
+    with open_binary(path, comp) as f:
         reader = io.BufferedReader(f) if comp == ".zst" else f
         for lineno, raw in enumerate(reader, start=1):
             stats.bytes += len(raw)
@@ -260,7 +260,7 @@ def iter_documents(
     """Yield the documents of `paths` in order, counting bad input in `stats`."""
     stats = stats if stats is not None else ReadStats()
     for path in paths:
-        fmt, comp = _kind(path)
+        fmt, comp = file_kind(path)
         stats.files += 1
         before = stats.documents
         try:

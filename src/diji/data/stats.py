@@ -18,14 +18,6 @@ class StageStats:
     dropped: dict[str, int] = field(default_factory=dict)
     extra: dict[str, int] = field(default_factory=dict)
 
-    def count_in(self, texts: list[str]) -> None:
-        self.docs_in += len(texts)
-        self.bytes_in += sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
-
-    def count_out(self, texts: list[str]) -> None:
-        self.docs_out += len(texts)
-        self.bytes_out += sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
-
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 

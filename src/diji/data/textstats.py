@@ -71,12 +71,14 @@ def codepoints(text: str) -> np.ndarray:
 
 def char_classes(cp: np.ndarray) -> np.ndarray:
     """0 separator / 1 word char / 2 single-char token, per code point."""
-    cls = np.empty(cp.size, dtype=np.uint8)
-    low = cp < 0x10000
-    cls[low] = _word_table()[cp[low]]
-    hi = cp[~low]
+    table = _word_table()
+    high = cp >= 0x10000
+    if not high.any():  # the common case: one table look-up
+        return table[cp]
+    cls = table[np.where(high, 0, cp)]
+    hi = cp[high]
     # supplementary planes: CJK extensions B–H are single-char tokens; emoji and symbols separate
-    cls[~low] = np.where((hi >= 0x20000) & (hi < 0x32000), 2, np.where(hi >= 0x1F000, 0, 1)).astype(np.uint8)
+    cls[high] = np.where((hi >= 0x20000) & (hi < 0x32000), 2, np.where(hi >= 0x1F000, 0, 1)).astype(np.uint8)
     return cls
 
 

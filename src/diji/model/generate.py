@@ -157,13 +157,21 @@ _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _packed(model: Transformer) -> PackedDecoder:
-    """The model's packed decoder, rebuilt when any parameter was modified or replaced since packing."""
+    """The model's packed decoder, rebuilt when any parameter was replaced or modified since packing.
+
+    Version counters miss some in-place updates (fused optimizer kernels write parameters without
+    bumping them), so generate() also drops the packing at the start of every call (`_unpack`); the
+    counters only guard direct decode_step() users within one call."""
     stamp = tuple((id(p), p._version) for p in model.parameters())
     hit = _PACKED.get(model)
     if hit is None or hit[0] != stamp:
         hit = (stamp, PackedDecoder(model))
         _PACKED[model] = hit
     return hit[1]
+
+
+def _unpack(model: Transformer) -> None:
+    _PACKED.pop(model, None)
 
 
 def _decode_reference(model: Transformer, tok: torch.Tensor, cache: KVCache, positions, attention_mask):
@@ -234,6 +242,7 @@ def generate(
         positions = (attn[:, :P].cumsum(-1) - 1).clamp_min(0)
         next_pos = attn[:, :P].sum(-1)  # (B,) position of each row's next token
 
+    _unpack(model)  # weights may have changed since the last call (e.g. an RL update): pack afresh
     cache = KVCache(model.config, B, total, device, dtype)
     logits = model(ids, cache=cache, position_ids=positions, attention_mask=attn)[:, -1]
     stop = torch.tensor(sorted(set(params.stop_ids)) or [-1], device=device)
