@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(PY) -m pytest -q -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 quickstart: $(STAMP)
 	$(VENV)/bin/diji quickstart --out quickstart $(if $(filter true,$(CI)),--fast,)

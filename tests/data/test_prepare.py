@@ -91,9 +91,13 @@ def test_split_is_deterministic_and_content_based(tmp_path: Path, prepared: tupl
 def test_rerun_is_byte_identical(tmp_path: Path, prepared: tuple[Path, list[str], dict]) -> None:
     out, docs, manifest = prepared
     src = _write_jsonl(tmp_path / "in.jsonl", docs)
-    again = prepare([src], tmp_path / "o", CFG, show_progress=False)
+    timings: dict[str, float] = {}
+    again = prepare([src], tmp_path / "o", CFG, show_progress=False, timings=timings)
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
     assert again["tokenizer_sha256"] == manifest["tokenizer_sha256"]
+    assert set(timings) == {"curate", "dedup", "tokenizer", "tokenize", "publish"}
+    # the manifest is a function of the inputs alone (no timings, no paths of scratch files)
+    assert {k: v for k, v in again.items() if k != "inputs"} == {k: v for k, v in manifest.items() if k != "inputs"}
 
 
 def test_many_small_shards(tmp_path: Path, prepared: tuple[Path, list[str], dict]) -> None:
