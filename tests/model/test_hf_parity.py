@@ -13,13 +13,13 @@ import json
 import pytest
 import torch
 
-from testkit import synthetic_docs
 from diji.data.chat import CHAT_TEMPLATE
 from diji.data.tokenizer import train_tokenizer
 from diji.model.commands import export_hf, import_hf
 from diji.model.generate import SamplingParams, generate
 from diji.model.transformer import ModelConfig, Transformer
 from diji.train.checkpoint import load_checkpoint, save_checkpoint
+from testkit import synthetic_docs
 
 transformers = pytest.importorskip("transformers", minversion="5.0")
 

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from testkit import tiny_overrides
 from diji.config import load_config
 from diji.model.generate import SamplingParams, generate
 from diji.model.transformer import KVCache, ModelConfig, Transformer
 from diji.observe.metrics import read_metrics
 from diji.train.config import PretrainConfig
 from diji.train.pretrain import pretrain
+from testkit import tiny_overrides
 
 MLA = ModelConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=96, max_position_embeddings=64, kv_lora_rank=24, q_lora_rank=32,

@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 
-from testkit import tiny_overrides
 from diji.config import load_config
 from diji.kernels import moe as kmoe
 from diji.kernels.registry import REGISTRY
@@ -13,6 +12,7 @@ from diji.observe.metrics import read_metrics
 from diji.train.checkpoint import latest_checkpoint, load_checkpoint
 from diji.train.config import PretrainConfig
 from diji.train.pretrain import pretrain
+from testkit import tiny_overrides
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=64, max_position_embeddings=64, n_routed_experts=8, n_shared_experts=1,
