@@ -14,8 +14,9 @@ diji: `prepare()` with a tokenizer given (so no tokenizer training). `diji_mb_s`
 datatrove also runs — reading, filtering, dedup — during which diji also normalises, identifies the
 language, applies C4 rules and scrubs PII; `diji_end_to_end_mb_s` adds tokenizing and writing shards.
 datatrove (defaults, 2 tasks × 2 workers): reader → Gopher repetition + quality filters → writer, then
-MinHash signature → buckets → cluster → filter (its 4-stage example). `cpu_ratio_end_to_end`: datatrove's
-CPU seconds over diji's whole `prepare()` — robust to other load on the machine.
+MinHash signature → buckets → cluster → filter (its 4-stage example). `cpu_ratio`: datatrove's CPU
+seconds over diji's for the same stages (`cpu_ratio_end_to_end`: over diji's whole `prepare()`) —
+unlike wall-clock ratios, robust to other load on a shared machine.
 
 dup_recall: share of injected copies that are gone from diji's output; dup_false_positive_rate: share
 of originals (documents never copied from anything) that are gone. The same two numbers for datatrove
@@ -277,6 +278,7 @@ def main() -> None:
             result.update({"peer_mb_s": round(peer_mb_s, 3), "ratio": round(diji_mb_s / peer_mb_s, 2),
                            # on a shared machine wall-clock ratios swing with the load; CPU seconds do
                            # not (diji's include tokenizing and writing shards, which datatrove skips)
+                           "cpu_ratio": round(p_per["cpu_seconds"] / max(per["timings"]["curate_and_dedup_cpu"], 1e-9), 2),
                            "cpu_ratio_end_to_end": round(p_per["cpu_seconds"] / max(per["cpu_seconds"], 1e-9), 2)})
         result.update({"dup_recall": round(recall, 4), "dup_false_positive_rate": round(fpr, 4)})
         if not args.skip_peer:

@@ -59,10 +59,10 @@ def test_missing_paths(args, needle):
 
 
 def test_generate_from_a_trained_checkpoint(data_dir, tmp_path):
-    from testkit import tiny_overrides
     from diji.config import load_config
     from diji.train.config import PretrainConfig
     from diji.train.pretrain import pretrain
+    from testkit import tiny_overrides
 
     result = pretrain(load_config(PretrainConfig, None, tiny_overrides(data_dir, tmp_path, steps=20)))
     out = diji("generate", result["checkpoint"], "--prompt", "the model", "--max-new-tokens", "8")

@@ -13,8 +13,7 @@ import numpy as np
 from diji.data.tokenizer import Tokenizer, train_tokenizer
 from diji.io import sha256_file
 
-WORDS = ("the model reads tokens and learns to predict the next one . data flows through filters into "
-         "shards ; training resumes after a crash . 模型 读取 数据 并 学习 预测 下 一个 词 。").split()
+WORDS = ["the", "model", "reads", "tokens", "and", "learns", "to", "predict", "the", "next", "one", ".", "data", "flows", "through", "filters", "into", "shards", ";", "training", "resumes", "after", "a", "crash", ".", "模型", "读取", "数据", "并", "学习", "预测", "下", "一个", "词", "。"]
 
 
 def synthetic_docs(n: int, seed: int = 0) -> list[str]:

@@ -27,7 +27,7 @@ def greedy_reference(m, prompt, n):
 def test_greedy_with_cache_equals_no_cache_reference(model):
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13]]
     out = generate(model, prompts, SamplingParams(max_new_tokens=10))
-    for p, g in zip(prompts, out):
+    for p, g in zip(prompts, out, strict=True):
         assert g.tokens == greedy_reference(model, p, 10)
         assert g.finish_reason == "length"
 

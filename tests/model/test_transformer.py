@@ -90,7 +90,7 @@ def test_tied_embeddings_share_storage_and_untied_do_not():
 
 def test_init_weights_is_seeded():
     a, b = _seeded(TINY, 5), _seeded(TINY, 5)
-    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(p, q), n
 
 

@@ -7,13 +7,13 @@ import time
 import pytest
 import torch
 
-from testkit import tiny_overrides
 from diji.config import load_config
 from diji.errors import DijiError
 from diji.observe.metrics import read_metrics
 from diji.train.checkpoint import latest_checkpoint, load_checkpoint, verify_checkpoint
 from diji.train.config import PretrainConfig
 from diji.train.pretrain import pretrain
+from testkit import tiny_overrides
 
 
 def losses(run_dir):

@@ -134,6 +134,16 @@ class DataConfig:
         return self.num_workers or (os.cpu_count() or 1)
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the curation pool), for `timings`."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: this process only
+        return time.process_time()
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """Little-endian uint16 when every id fits in 16 bits, else uint32."""
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
@@ -385,8 +395,9 @@ def prepare(
     `tokenizer` is an existing tokenizer.json (or a directory holding one); without it a tokenizer of
     `cfg.vocab_size` is trained on the training split. `decontaminate` are evaluation files whose long
     n-grams must not appear in the training data. `timings`, if given, receives the wall-clock seconds
-    of each stage (curate, dedup, tokenizer, tokenize, publish) — kept out of the manifest, which
-    stays a deterministic function of the inputs.
+    of each stage (curate, dedup, tokenizer, tokenize, publish) and the CPU seconds of the first two
+    (`curate_and_dedup_cpu`, workers included) — kept out of the manifest, which stays a deterministic
+    function of the inputs.
     """
     timings = timings if timings is not None else {}
     cfg = cfg or DataConfig()
@@ -418,12 +429,13 @@ def prepare(
     ctx = CurationContext.build(cfg, decon_paths, work)
 
     read_stats = ReadStats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     n_chunks = _run_curation(paths, cfg, work, read_stats, ctx, show_progress)
     t1 = time.perf_counter()
     plan, metas = _plan(work, n_chunks, cfg)
     t2 = time.perf_counter()
     timings["curate"], timings["dedup"] = t1 - t0, t2 - t1
+    timings["curate_and_dedup_cpu"] = _cpu_seconds() - c0
     log.info("curate: %d chunks in %.2fs; dedup and split in %.2fs", n_chunks, t1 - t0, t2 - t1)
     stages = merge_stage_dicts([m["stages"] for m in metas]) + plan.stages
     n_kept = sum(int(m.sum()) for m in plan.keep)
