@@ -134,6 +134,8 @@ def test_moe_mla_pretrains_and_resumes_exactly(data_dir, tmp_path, monkeypatch):
     assert hf["model_type"] == "deepseek_v3" and hf["n_routed_experts"] == 4
     bias = load_checkpoint(ckpt).model.model.layers[1].mlp.gate.e_score_correction_bias
     assert torch.count_nonzero(bias) > 0  # balancing ran and the bias was saved
+    logged = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
+    assert all(r["moe_load_max"] >= 1.0 >= r["moe_load_min"] for r in logged)  # expert load is logged
 
     from diji.train import pretrain as pretrain_mod
 

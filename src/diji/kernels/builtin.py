@@ -34,3 +34,8 @@ def register_all(registry) -> None:
     for op in ("rms_norm", "apply_rope", "swiglu"):
         registry.register(op, "compiled", fused.Compiled(getattr(reference, op)), priority=5, opt_in=True,
                           slow_start=True, why="torch.compile (inductor) fuses the elementwise chain")
+    # The MoE dispatch lives in its own file; registering it here puts it in `diji conformance` and doctor.
+    from diji.kernels import moe
+
+    if moe.OP not in registry.ops():
+        moe.register(registry)

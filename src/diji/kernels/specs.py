@@ -126,6 +126,15 @@ SPECS: dict[str, Callable[[], list[Case]]] = {
 }
 
 
+def _moe_ffn() -> list[Case]:
+    from diji.kernels import moe
+
+    return moe.conformance_cases()
+
+
+SPECS["moe_ffn"] = _moe_ffn
+
+
 def register_spec(op: str, cases: Callable[[], list[Case]]) -> None:
     """Add conformance cases for an op registered elsewhere (e.g. the MoE dispatch)."""
     SPECS[op] = cases

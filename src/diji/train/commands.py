@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -13,7 +14,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     cfg = load_config(PretrainConfig, args.config, args.set)
     result = pretrain(cfg, resume=args.resume)
-    print(json.dumps(result))
+    _print_on_rank0(result)
     return 0
 
 
@@ -22,7 +23,7 @@ def _sft(args: argparse.Namespace) -> int:
     from diji.train.sft import SFTConfig, sft
 
     result = sft(load_config(SFTConfig, args.config, args.set), resume=args.resume)
-    print(json.dumps(result))
+    _print_on_rank0(result)
     return 0
 
 
@@ -31,7 +32,7 @@ def _grpo(args: argparse.Namespace) -> int:
     from diji.train.grpo import GRPOConfig, grpo
 
     result = grpo(load_config(GRPOConfig, args.config, args.set), resume=args.resume)
-    print(json.dumps(result))
+    _print_on_rank0(result)
     return 0
 
 
@@ -48,6 +49,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.max_steps=100 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+
+
+def _print_on_rank0(result: dict) -> None:
+    """Under torchrun every rank runs the command; only rank 0 reports (like its logs and checkpoints)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(result))
 
 
 def register(sub) -> None:

@@ -300,6 +300,10 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        # Expert load of MoE models (max/min load, dropped tokens, aux loss) goes into metrics.jsonl.
+        stats = getattr(self.model, "moe_stats", None)
+        if callable(stats):
+            totals.update(stats())
         totals = self._reduce_metrics(totals)
         self.tokens_seen += int(totals.get("tokens", 0))
         if not self._kernels_logged:

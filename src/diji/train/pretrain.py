@@ -9,7 +9,7 @@ import torch
 
 from diji.config import to_dict
 from diji.errors import DijiError
-from diji.kernels import reference as ops
+from diji.kernels import ops
 from diji.model.transformer import Transformer
 from diji.train.config import PretrainConfig
 from diji.train.loader import TokenBatches, fixed_windows

@@ -26,7 +26,7 @@ import torch
 
 from diji.config import to_dict
 from diji.errors import DijiError
-from diji.kernels import reference as ops
+from diji.kernels import ops
 from diji.train.config import LoopConfig, OptimConfig, RunConfig
 from diji.train.loop import Job, Trainer, seed_everything
 from diji.train.lora import LoRAConfig, apply_lora, load_model, trainable_parameters
