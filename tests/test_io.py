@@ -29,3 +29,14 @@ def test_sha256_helpers_agree(tmp_path):
     p = tmp_path / "x.bin"
     p.write_bytes(b"diji" * 1000)
     assert sha256_file(p) == sha256_bytes(b"diji" * 1000)
+
+
+def test_written_artifacts_get_the_umask_mode_not_0600(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "m.json", {})
+        assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)

@@ -35,6 +35,10 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600; artifacts are shared files, so give them the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
@@ -65,6 +69,9 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Move a fully written (and fsynced) temporary directory into place, replacing any old one."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp made it 0700; the published artifact is a shared directory
     for p in tmp_dir.rglob("*"):
         if p.is_file():
             with open(p, "rb") as f:
