@@ -48,6 +48,27 @@ def test_sampling_is_seedable_and_varies_with_seed(model):
     assert a == b and a != c
 
 
+def test_stop_token_is_reported(model):
+    full = generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=10))[0].tokens
+    out = generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=10, stop_ids=(full[2], 60)))[0]
+    assert out.stop_token == full[2] and out.tokens == full[: full.index(full[2])]
+    assert generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=3))[0].stop_token is None
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.3])
+def test_n_samples_per_prompt_equal_repeating_the_prompt(model, temperature):
+    """n > 1 prefills each prompt once and copies its cache; the samples are those of repeated prompts."""
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [4]]
+    p = SamplingParams(max_new_tokens=12, temperature=temperature, seed=4)
+    shared = generate(model, prompts, p, n=3)
+    repeated = generate(model, [q for q in prompts for _ in range(3)], p)
+    assert [g.tokens for g in shared] == [g.tokens for g in repeated]
+    if temperature:
+        assert len({tuple(g.tokens) for g in shared[:3]}) > 1  # the copies are sampled independently
+    with pytest.raises(ValueError, match="n"):
+        generate(model, prompts, p, n=0)
+
+
 def test_top_k_one_is_greedy_and_top_p_keeps_the_top_token():
     logits = torch.tensor([[0.1, 3.0, 0.2, -1.0], [2.0, 0.0, 5.0, 1.0]])
     assert sample(logits, 1.0, top_k=1).tolist() == [1, 2]

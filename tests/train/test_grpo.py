@@ -11,9 +11,10 @@ from diji.config import load_config
 from diji.errors import DijiError
 from diji.eval import task as task_mod
 from diji.eval.task import Example, Grade, Task
+from diji.model.transformer import ModelConfig, Transformer
 from diji.observe.metrics import read_metrics
 from diji.train.checkpoint import latest_checkpoint, read_lineage
-from diji.train.grpo import GRPOConfig, clipped_objective, group_advantages, grpo
+from diji.train.grpo import GRPOConfig, clipped_objective, group_advantages, grpo, pack_groups, token_logprobs
 
 
 def test_group_advantages_by_hand():
@@ -51,6 +52,28 @@ def test_clipped_objective_by_hand():
     loss.backward()
     assert lp.grad[0, :2].tolist() == pytest.approx([-0.25, -0.25]) and lp.grad[1, :2].tolist() == pytest.approx([0.25, 0.25])
     assert lp.grad[:, 2].tolist() == [0.0, 0.0]
+
+
+def test_packed_groups_give_each_completion_its_own_log_probs():
+    """One row per group (the prompt once) equals one causal row per completion, token for token."""
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64))
+    m.init_weights(seed=1)
+    prompts = [[3, 4, 5, 6], [7], [8, 9]]
+    comps = [[10, 11], [12], [13, 14, 15], [16, 17, 18, 19], [20], [21, 22]]  # G = 2 per prompt
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])
+    ids, pos, attn, targets, mask, tok_adv = pack_groups(prompts, comps, adv, pad_id=0)
+    packed = token_logprobs(m, ids, targets, 0.7, pos, attn)
+    for r, c in enumerate(comps):
+        g, p = r // 2, prompts[r // 2]
+        full = torch.tensor([p + c])
+        alone = token_logprobs(m, full[:, :-1], full[:, 1:], 0.7)[0, len(p) - 1 :]
+        mine = mask[g] & (tok_adv[g] == adv[r])  # the advantages are distinct, so they mark the segment
+        assert targets[g][mine].tolist() == c
+        assert torch.allclose(packed[g][mine], alone, atol=1e-5)
+    assert int(mask.sum()) == sum(len(c) for c in comps)
+    assert torch.isfinite(packed).all()  # padding rows attend to themselves, never to nothing
 
 
 class DigitTask(Task):

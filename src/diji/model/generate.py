@@ -205,18 +205,27 @@ class Generation:
     """Generated token ids, without the prompt and without the stop token."""
     finish_reason: str
     """"stop" (a stop token was produced) or "length" (max_new_tokens reached)."""
+    stop_token: int | None = None
+    """The stop token that ended the sequence (None when finish_reason is "length")."""
 
 
 @torch.inference_mode()
 def generate(
-    model: Transformer, prompts: list[list[int]], params: SamplingParams, pad_id: int = 0
+    model: Transformer, prompts: list[list[int]], params: SamplingParams, pad_id: int = 0, n: int = 1
 ) -> list[Generation]:
-    """Generate continuations for a batch of token-id prompts with one shared KV cache."""
+    """Generate continuations for a batch of token-id prompts with one shared KV cache.
+
+    `n` > 1 samples n continuations of every prompt (results prompt-major: all of prompt 0's first):
+    each prompt is prefilled once and its cache copied to its n rows, so a GRPO group of G samples
+    costs one prompt forward, not G.
+    """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    if n < 1:
+        raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    B, P = len(prompts), max(len(p) for p in prompts)
+    B, P = len(prompts) * n, max(len(p) for p in prompts)
     total = P + params.max_new_tokens
     if total > model.config.max_position_embeddings:
         raise ValueError(
@@ -230,21 +239,27 @@ def generate(
         generator = torch.Generator(device=device).manual_seed(params.seed)
 
     ragged = any(len(p) != P for p in prompts)
-    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
     ids = ids.to(device)
     attn = positions = None
     if ragged:
-        attn = torch.zeros((B, total), dtype=torch.long, device=device)
+        attn = torch.zeros((len(prompts), total), dtype=torch.long, device=device)
         for i, p in enumerate(prompts):
             attn[i, P - len(p) : P] = 1
         positions = (attn[:, :P].cumsum(-1) - 1).clamp_min(0)
-        next_pos = attn[:, :P].sum(-1)  # (B,) position of each row's next token
 
     _unpack(model)  # weights may have changed since the last call (e.g. an RL update): pack afresh
-    cache = KVCache(model.config, B, total, device, dtype)
+    cache = KVCache(model.config, len(prompts), total, device, dtype)
     logits = model(ids, cache=cache, position_ids=positions, attention_mask=attn)[:, -1]
+    if n > 1:  # copy each prompt's cache, last logits and mask to its n sample rows
+        rows = torch.arange(len(prompts), device=device).repeat_interleave(n)
+        cache.select(rows)
+        logits = logits.index_select(0, rows)
+        attn = attn.index_select(0, rows) if attn is not None else None
+    if ragged:
+        next_pos = attn[:, :P].sum(-1)  # (B,) position of each row's next token
     stop = torch.tensor(sorted(set(params.stop_ids)) or [-1], device=device)
     out = torch.empty((B, params.max_new_tokens), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -268,5 +283,5 @@ def generate(
     stops = set(params.stop_ids)
     for row in out[:, :n].tolist():
         cut = next((j for j, t in enumerate(row) if t in stops), None)
-        results.append(Generation(row[:cut], "stop") if cut is not None else Generation(row, "length"))
+        results.append(Generation(row[:cut], "stop", row[cut]) if cut is not None else Generation(row, "length"))
     return results

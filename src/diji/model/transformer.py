@@ -262,7 +262,7 @@ class KVCache:
         self._pending = 0
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only the given batch rows (e.g. drop finished sequences)."""
+        """Keep the given batch rows, in order (drop finished sequences, or repeat a row to sample it n times)."""
         self.k = [k.index_select(0, rows) for k in self.k]
         self.v = [v.index_select(0, rows) for v in self.v]
 
@@ -398,7 +398,9 @@ class Transformer(nn.Module):
         """input_ids (B, T) → logits (B, T, V) (or the final hidden states (B, T, C)).
 
         cache: continue after `cache.length` positions. position_ids (B, T): explicit positions (used with
-        left padding). attention_mask (B, S) with 1 for real tokens, 0 for padding, over all S positions.
+        left padding). attention_mask (B, S) with 1 for real tokens, 0 for padding, over all S positions;
+        or a bool (B, 1, T, S) mask, True where query t may attend key s, used as given — several
+        sequences packed in one row (sharing a prefix, or side by side) attend only within themselves.
         """
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
@@ -417,6 +419,11 @@ class Transformer(nn.Module):
     @staticmethod
     def _mask(B: int, T: int, start: int, attention_mask, device) -> torch.Tensor | None:
         """None when plain causal attention suffices (the fast SDPA path); else a bool (B, 1, T, S) mask."""
+        if attention_mask is not None and attention_mask.dim() == 4:
+            if attention_mask.dtype != torch.bool or attention_mask.shape[-2:] != (T, start + T):
+                raise ValueError(f"a 4-D attention_mask must be bool (B, 1, {T}, {start + T}), got "
+                                 f"{attention_mask.dtype} {tuple(attention_mask.shape)}")
+            return attention_mask
         if attention_mask is None and (start == 0 or T == 1):
             return None
         S = start + T

@@ -118,9 +118,17 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     return adv.reshape(-1)
 
 
-def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log π(targets[t] | ids[:t+1]) for every position (B, T), in float32."""
-    logits = model(ids).float()
+def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                   positions: torch.Tensor | None = None, attn: torch.Tensor | None = None) -> torch.Tensor:
+    """log π(targets[t] | context of t) for every position (B, T), in float32.
+
+    π is the distribution the rollouts were sampled from: the logits divided by the sampling
+    temperature, so that the ratio π/π_old and the gradient refer to the policy that acted.
+    `positions` and a 4-D bool `attn` describe packed rows (see `pack_groups`); without them each row
+    is one causal sequence."""
+    logits = model(ids, position_ids=positions, attention_mask=attn).float()
+    if temperature != 1.0:
+        logits = logits / temperature
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
 
 
@@ -128,9 +136,10 @@ def clipped_objective(
     logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
     clip_low: float, clip_high: float, ref_logp: torch.Tensor | None = None, beta: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The GRPO loss over (B, T) token log-probs; `adv` is (B,), `mask` (B, T) marks completion tokens."""
+    """The GRPO loss over (B, T) token log-probs; `adv` is (B,) per row or (B, T) per token, `mask` (B, T)
+    marks completion tokens."""
     ratio = torch.exp(logp - old_logp)
-    a = adv[:, None]
+    a = adv[:, None] if adv.dim() == 1 else adv
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     per_token = -torch.minimum(ratio * a, clipped * a)
     m = mask.float()
@@ -146,16 +155,65 @@ def clipped_objective(
     return (per_token * m).sum() / n, stats
 
 
+def pack_groups(prompts: list[list[int]], completions: list[list[int]], adv: torch.Tensor, pad_id: int,
+                ) -> tuple[torch.Tensor, ...]:
+    """Lay out each group — one prompt and its G completions — as one row that holds the prompt once.
+
+    Row i is prompt[:-1], then for every completion j the segment [prompt[-1]] + c_j[:-1] whose targets
+    are c_j: the last prompt token is repeated at the start of each segment because it is what predicts
+    each completion's first token. Position ids restart after the prompt in every segment and the
+    attention mask lets a segment see the prompt and itself only, so every completion token has exactly
+    the context it was sampled with. Compared with one row per completion this computes the prompt once
+    per group instead of G times (the prompts here are most of the tokens).
+
+    Returns (ids, positions, attn (N, 1, T, T) bool, targets (−1 off-completion), mask, per-token adv).
+    """
+    N, G = len(prompts), len(completions) // max(len(prompts), 1)
+    if len(completions) != N * G or any(not c for c in completions):
+        raise ValueError("pack_groups needs G non-empty completions for each prompt, group after group")
+    lengths = [len(p) - 1 + sum(len(c) for c in completions[i * G : (i + 1) * G]) for i, p in enumerate(prompts)]
+    T = max(lengths)
+    ids = torch.full((N, T), pad_id, dtype=torch.long)
+    positions = torch.zeros((N, T), dtype=torch.long)
+    targets = torch.full((N, T), -1, dtype=torch.long)
+    seg = torch.full((N, T), -2, dtype=torch.long)  # -1 prompt, j >= 0 completion j, -2 padding
+    tok_adv = torch.zeros((N, T), dtype=torch.float32)
+    for i, p in enumerate(prompts):
+        P = len(p)
+        ids[i, : P - 1] = torch.tensor(p[:-1], dtype=torch.long)
+        positions[i, : P - 1] = torch.arange(P - 1)
+        seg[i, : P - 1] = -1
+        at = P - 1
+        for j in range(G):
+            c = completions[i * G + j]
+            span = slice(at, at + len(c))
+            ids[i, span] = torch.tensor([p[-1], *c[:-1]], dtype=torch.long)
+            targets[i, span] = torch.tensor(c, dtype=torch.long)
+            positions[i, span] = torch.arange(P - 1, P - 1 + len(c))
+            seg[i, span] = j
+            tok_adv[i, span] = float(adv[i * G + j])
+            at += len(c)
+        positions[i, at:] = torch.arange(T - at) + (positions[i, at - 1] + 1 if at else 0)
+    q, k = seg[:, :, None], seg[:, None, :]
+    causal = torch.ones((T, T), dtype=torch.bool).tril()
+    attn = causal & ((k == -1) | (k == q)) | torch.eye(T, dtype=torch.bool)  # padding sees itself
+    return ids, positions, attn[:, None], targets, seg >= 0, tok_adv
+
+
 @dataclass
 class Rollout:
     ids: torch.Tensor
-    """(R, T) prompt + completion (+ stop token), right-padded."""
+    """(N, T) one row per kept group: the prompt once, then each completion (+ stop token), right-padded."""
+    positions: torch.Tensor
+    """(N, T) position ids (each completion continues from the end of the prompt)."""
+    attn: torch.Tensor
+    """(N, 1, T, T) bool: which positions each position may attend to."""
     targets: torch.Tensor
-    """(R, T) the next token at each position (ids shifted left)."""
+    """(N, T) the token each position predicts (−1 where nothing is trained)."""
     mask: torch.Tensor
-    """(R, T) 1 where the target is a completion token."""
+    """(N, T) True where the target is a completion token."""
     adv: torch.Tensor
-    """(R,) advantage of each kept completion."""
+    """(N, T) the advantage of the completion each target token belongs to."""
     old_logp: torch.Tensor | None
     ref_logp: torch.Tensor | None
     metrics: dict[str, float]
@@ -210,16 +268,14 @@ class GRPOStage:
         assert self.model is not None, "GRPOStage.attach(model) must be called before training"
         G = self.p.group_size
         picks = self._take(self.cfg.train.batch_size)
-        prompts = [self.prompts[i] for i in picks for _ in range(G)]
-        stops = (self.tok.im_end_id, self.tok.eos_id)
         params = SamplingParams(max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
-                                top_k=self.p.top_k, top_p=self.p.top_p, stop_ids=stops,
+                                top_k=self.p.top_k, top_p=self.p.top_p, stop_ids=(self.tok.im_end_id, self.tok.eos_id),
                                 seed=self.cfg.run.seed * 1_000_003 + self.rollouts)
         self.rollouts += 1
         was_training = self.model.training
         self.model.eval()  # adapters' dropout off while sampling
         try:
-            gens = generate(self.model, prompts, params, pad_id=self.tok.pad_id)
+            gens = generate(self.model, [self.prompts[i] for i in picks], params, pad_id=self.tok.pad_id, n=G)
         finally:
             self.model.train(was_training)
         texts = [self.tok.decode(g.tokens) for g in gens]
@@ -234,29 +290,31 @@ class GRPOStage:
             "response_len": sum(len(g.tokens) for g in gens) / len(gens),
             "truncated": sum(g.finish_reason == "length" for g in gens) / len(gens),
         }
-        keep = list(range(len(gens)))
-        if self.p.kl_beta == 0:
-            keep = [i for i in keep if adv[i] != 0]
-        metrics["kept_frac"] = len(keep) / len(gens)
+        groups = list(range(len(picks)))
+        if self.p.kl_beta == 0:  # a unanimous group has Â = 0 everywhere: no gradient, skip its compute
+            groups = [g for g in groups if bool(adv[g * G : (g + 1) * G].any())]
+        metrics["kept_frac"] = len(groups) / len(picks)
         # The stop token is part of what the policy chose: training on it teaches when to stop.
-        seqs = [(prompts[i], gens[i].tokens + ([self.tok.im_end_id] if gens[i].finish_reason == "stop" else []))
-                for i in keep]
-        T = max((len(p) + len(c) for p, c in seqs), default=2) - 1
-        ids = torch.full((len(seqs), T), self.tok.pad_id, dtype=torch.long)
-        targets = torch.full((len(seqs), T), -1, dtype=torch.long)
-        mask = torch.zeros((len(seqs), T), dtype=torch.bool)
-        for r, (p, c) in enumerate(seqs):
-            full = torch.tensor(p + c, dtype=torch.long)
-            ids[r, : len(full) - 1] = full[:-1]
-            targets[r, : len(full) - 1] = full[1:]
-            mask[r, len(p) - 1 : len(full) - 1] = True
-        ro = Rollout(ids, targets, mask, adv[keep], None, None, metrics)
-        if len(seqs):
-            if self.p.updates_per_rollout > 1:
-                ro.old_logp = token_logprobs(self.model, ids.to(self.device), targets.to(self.device)).cpu()
-            if self.ref is not None:
-                ro.ref_logp = token_logprobs(self.ref, ids.to(self.device), targets.to(self.device)).cpu()
+        completions = [gens[i].tokens + ([gens[i].stop_token] if gens[i].stop_token is not None else [])
+                       for g in groups for i in range(g * G, (g + 1) * G)]
+        kept = torch.tensor([i for g in groups for i in range(g * G, (g + 1) * G)], dtype=torch.long)
+        if not groups:
+            empty = torch.zeros((0, 1), dtype=torch.long)
+            return Rollout(empty, empty, torch.zeros((0, 1, 1, 1), dtype=torch.bool), empty, empty.bool(),
+                           empty.float(), None, None, metrics)
+        ids, positions, attn, targets, mask, tok_adv = pack_groups(
+            [self.prompts[picks[g]] for g in groups], completions, adv[kept], self.tok.pad_id)
+        ro = Rollout(ids, positions, attn, targets, mask, tok_adv, None, None, metrics)
+        if self.p.updates_per_rollout > 1:
+            ro.old_logp = self._logprobs(self.model, ro).cpu()
+        if self.ref is not None:
+            ro.ref_logp = self._logprobs(self.ref, ro).cpu()
         return ro
+
+    def _logprobs(self, model: torch.nn.Module, ro: Rollout) -> torch.Tensor:
+        d = self.device
+        return token_logprobs(model, ro.ids.to(d), ro.targets.to(d), self.p.temperature, ro.positions.to(d),
+                              ro.attn.to(d))
 
     # ---- Stage protocol --------------------------------------------------------------------------
     def next_batch(self) -> Rollout:
@@ -271,8 +329,8 @@ class GRPOStage:
             # Every group was unanimous: nothing to learn from this rollout (a zero loss, no gradient).
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return zero, {**metrics, "clip_frac": 0.0, "tokens": 0}
-        ids, targets, mask = (t.to(self.device) for t in (batch.ids, batch.targets, batch.mask))
-        logp = token_logprobs(model, ids, targets)
+        mask = batch.mask.to(self.device)
+        logp = self._logprobs(model, batch)
         old = batch.old_logp.to(self.device) if batch.old_logp is not None else logp.detach()
         ref = batch.ref_logp.to(self.device) if batch.ref_logp is not None else None
         loss, stats = clipped_objective(logp, old, batch.adv.to(self.device), mask, self.p.clip_low,
