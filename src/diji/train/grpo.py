@@ -19,6 +19,12 @@ backward pass (the saving DAPO's dynamic sampling also takes). With `updates_per
 rollout feeds μ optimizer steps and π_old is the policy that sampled it; with μ = 1, ρ ≡ 1 in value and
 only its gradient matters.
 
+Layout (compute): a group's G completions share their prompt, which is most of the tokens here. Sampling
+prefills each prompt once and copies its KV cache to the G rows (`generate(..., n=G)`); the loss packs
+each group into one row — the prompt once, then every completion with its own positions and a mask that
+hides the other completions (`pack_groups`) — so the prompt is computed once per group, not G times
+(bench/grpo_step.py).
+
 Resume is exact: rollout k is sampled with seed (run.seed, k) from weights the checkpoint restores, and
 the prompt order is a per-epoch permutation fixed by (seed, epoch); the state is (epoch, cursor, k) plus
 a pending rollout when μ > 1.
