@@ -19,12 +19,14 @@ import numpy as np
 
 from diji.io import atomic_write_json
 
-# The default recipe: a ~4M-parameter Llama-style model that fits a 2-core CPU's few minutes.
+# The default recipe: a ~4M-parameter Llama-style model that fits a 2-core CPU's few minutes. Pretraining is
+# 200 steps so that the whole chain stays within 15 minutes on a slow day of the 2-core reference machine
+# (300 steps took 306 s on a quiet day and 570 s on a busy one; docs/LOG.md).
 PRETRAIN_OVERRIDES = [
     "model.vocab_size=4096", "model.hidden_size=256", "model.num_hidden_layers=4",
     "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.intermediate_size=704",
     "model.max_position_embeddings=512", "data.seq_len=256",
-    "train.batch_size=16", "train.max_steps=300", "train.log_every=10", "train.eval_every=50",
+    "train.batch_size=16", "train.max_steps=200", "train.log_every=10", "train.eval_every=50",
     "train.eval_batches=8", "train.save_every=100", "optim.lr=3e-3", "optim.warmup_steps=20",
 ]
 

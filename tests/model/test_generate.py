@@ -69,6 +69,18 @@ def test_n_samples_per_prompt_equal_repeating_the_prompt(model, temperature):
         generate(model, prompts, p, n=0)
 
 
+def test_row_seeds_make_each_row_independent_of_its_batch(model):
+    """With one seed per row, a row's sample is the same whichever rows share its batch."""
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [4]]
+    p = SamplingParams(max_new_tokens=12, temperature=1.3)
+    together = generate(model, prompts, p, n=2, row_seeds=[10, 11, 20, 21, 30, 31])
+    alone = generate(model, prompts[1:2], p, n=2, row_seeds=[20, 21])
+    assert [g.tokens for g in together[2:4]] == [g.tokens for g in alone]
+    assert together[2].tokens != together[3].tokens
+    with pytest.raises(ValueError, match="one seed per result row"):
+        generate(model, prompts, p, row_seeds=[1, 2])
+
+
 def test_top_k_one_is_greedy_and_top_p_keeps_the_top_token():
     logits = torch.tensor([[0.1, 3.0, 0.2, -1.0], [2.0, 0.0, 5.0, 1.0]])
     assert sample(logits, 1.0, top_k=1).tolist() == [1, 2]

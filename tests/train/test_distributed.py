@@ -5,6 +5,7 @@ Tolerance: 1e-5 relative per logged loss. The only difference between layouts is
 reductions (a mean of two half-batch means; a gradient all-reduce); measured differences are ~1e-7.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -101,3 +102,63 @@ def test_world_size_must_divide_the_batch(data_dir, tmp_path, monkeypatch):
 def test_bad_parallel_mode_is_a_config_error():
     with pytest.raises(DijiError, match="run.parallel"):
         load_config(PretrainConfig, None, ['data.path="x"', 'run.parallel="tp"'])
+
+
+GRPO_WORKER = '''
+import sys
+from diji.config import load_config
+from diji.eval import task as task_mod
+from diji.eval.task import Example, Grade, Task
+from diji.train.grpo import GRPOConfig, grpo
+
+
+class DigitTask(Task):
+    """Reward 1 when the completion holds a digit; prompts of different lengths (ragged batches)."""
+    name = "digits"
+
+    def examples(self, split, n, seed=0):
+        return [Example(id=f"{split}-{i}", messages=({"role": "user", "content": "go " * (1 + i % 3)},), answer="")
+                for i in range(n)]
+
+    def grade(self, example, completion):
+        return Grade(any(c.isdigit() for c in completion), None, False)
+
+    def reward(self, example, completion):
+        return float(self.grade(example, completion).correct)
+
+
+task_mod.BUILTIN_TASKS["digits"] = "__main__:DigitTask"
+grpo(load_config(GRPOConfig, None, sys.argv[1:]))
+'''
+
+
+def test_grpo_on_two_ranks_samples_half_each_and_matches_one_process(data_dir, tmp_path):
+    """Each rank samples its own half of the groups (per-completion random streams) and divides by the
+    global token count: the run equals one process's — same samples, same rewards, same losses."""
+    from test_sft import tiny_base
+
+    base = tiny_base(tmp_path, data_dir)
+    worker = tmp_path / "grpo_worker.py"
+    worker.write_text(GRPO_WORKER)
+
+    def over(name):
+        return [f"train.init_from={json.dumps(str(base))}", f"run.out_dir={json.dumps(str(tmp_path))}",
+                f'run.name="{name}"', "run.progress=false", 'grpo.task="digits"', "grpo.prompt_pool=16",
+                "grpo.group_size=4", "grpo.max_new_tokens=6", "grpo.eval_examples=2", "grpo.kl_beta=0.05",
+                "train.max_steps=4", "train.batch_size=4", "train.log_every=1", "train.eval_every=0",
+                "train.save_every=100", "optim.lr=2e-2", "optim.warmup_steps=0"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {"one": [sys.executable, str(worker)],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker)]}
+    for name, cmd in runs.items():
+        proc = subprocess.run([*cmd, *over(name)], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = ([r for r in read_metrics(tmp_path / n / "metrics.jsonl") if "loss" in r] for n in ("one", "two"))
+    assert len(one) == len(two) == 4
+    assert len({r["reward_mean"] for r in one}) > 1  # the steps differ: this is not a trivial comparison
+    for a, b in zip(one, two, strict=True):
+        assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-9)
+        assert a["response_len"] == pytest.approx(b["response_len"], abs=1e-9)
+        assert a["tokens_seen"] == b["tokens_seen"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)

@@ -14,7 +14,15 @@ from diji.eval.task import Example, Grade, Task
 from diji.model.transformer import ModelConfig, Transformer
 from diji.observe.metrics import read_metrics
 from diji.train.checkpoint import latest_checkpoint, read_lineage
-from diji.train.grpo import GRPOConfig, clipped_objective, group_advantages, grpo, pack_groups, token_logprobs
+from diji.train.grpo import (
+    GRPOConfig,
+    clipped_objective,
+    forking_tokens,
+    group_advantages,
+    grpo,
+    pack_groups,
+    token_logprobs,
+)
 
 
 def test_group_advantages_by_hand():
@@ -74,6 +82,24 @@ def test_packed_groups_give_each_completion_its_own_log_probs():
         assert torch.allclose(packed[g][mine], alone, atol=1e-5)
     assert int(mask.sum()) == sum(len(c) for c in comps)
     assert torch.isfinite(packed).all()  # padding rows attend to themselves, never to nothing
+
+
+def test_forking_tokens_keep_the_highest_entropy_completion_tokens():
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64))
+    m.init_weights(seed=1)
+    ids = torch.randint(0, 50, (2, 12))
+    logp, ent = token_logprobs(m, ids[:, :-1], ids[:, 1:], 1.3, with_entropy=True)
+    assert torch.equal(logp, token_logprobs(m, ids[:, :-1], ids[:, 1:], 1.3))
+    probs = torch.softmax(m(ids[:, :-1]).float() / 1.3, -1)
+    assert torch.allclose(ent, -(probs * probs.log()).sum(-1), atol=1e-5)
+    mask = torch.zeros_like(ent, dtype=torch.bool)
+    mask[:, 4:] = True  # the prompt's tokens are never candidates
+    forks = forking_tokens(ent, mask, 0.25)
+    assert not forks[:, :4].any() and int(forks.sum()) == math.ceil(0.25 * int(mask.sum()))
+    assert ent[forks].min() >= ent[mask & ~forks].max()
+    assert torch.equal(forking_tokens(ent, mask, 1.0), mask)
 
 
 class DigitTask(Task):

@@ -47,7 +47,8 @@ class SamplingParams:
 def sample(
     logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0, generator=None
 ) -> torch.Tensor:
-    """Pick one token per row of logits (B, V) → (B,)."""
+    """Pick one token per row of logits (B, V) → (B,). `generator` is one torch.Generator for the batch,
+    or a list of B generators, one per row (each row's draws then do not depend on the other rows)."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -62,6 +63,8 @@ def sample(
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
     probs = logits.softmax(-1)
+    if isinstance(generator, list):
+        return torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generator)])[:, 0]
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -211,13 +214,16 @@ class Generation:
 
 @torch.inference_mode()
 def generate(
-    model: Transformer, prompts: list[list[int]], params: SamplingParams, pad_id: int = 0, n: int = 1
+    model: Transformer, prompts: list[list[int]], params: SamplingParams, pad_id: int = 0, n: int = 1,
+    row_seeds: list[int] | None = None,
 ) -> list[Generation]:
     """Generate continuations for a batch of token-id prompts with one shared KV cache.
 
     `n` > 1 samples n continuations of every prompt (results prompt-major: all of prompt 0's first):
     each prompt is prefilled once and its cache copied to its n rows, so a GRPO group of G samples
-    costs one prompt forward, not G.
+    costs one prompt forward, not G. `row_seeds` (one per result row, instead of `params.seed`) gives
+    every row its own random stream, so a row's sample does not depend on which rows share its batch —
+    what lets data-parallel ranks each sample their part of a batch and still match one process.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -235,7 +241,11 @@ def generate(
     if params.max_new_tokens == 0:
         return [Generation([], "length") for _ in prompts]
     generator = None
-    if params.seed is not None:
+    if row_seeds is not None:
+        if len(row_seeds) != B:
+            raise ValueError(f"row_seeds needs one seed per result row ({B}), got {len(row_seeds)}")
+        generator = [torch.Generator(device=device).manual_seed(s) for s in row_seeds]
+    elif params.seed is not None:
         generator = torch.Generator(device=device).manual_seed(params.seed)
 
     ragged = any(len(p) != P for p in prompts)

@@ -25,9 +25,14 @@ each group into one row — the prompt once, then every completion with its own 
 hides the other completions (`pack_groups`) — so the prompt is computed once per group, not G times
 (bench/grpo_step.py).
 
-Resume is exact: rollout k is sampled with seed (run.seed, k) from weights the checkpoint restores, and
+Data parallel (torchrun): every rank draws the same global batch of prompts and samples only its share
+of the groups; each completion has its own random stream keyed by (run.seed, rollout k, group, sample)
+and each rank divides its token sum by the global token count over the world size, so N processes
+sample, score and step exactly as one does (tests/train/test_distributed.py), in 1/N of the time each.
+
+Resume is exact: rollout k is sampled from weights the checkpoint restores with the streams above, and
 the prompt order is a per-epoch permutation fixed by (seed, epoch); the state is (epoch, cursor, k) plus
-a pending rollout when μ > 1.
+a pending rollout when μ > 1 (kept with one process; under torchrun a resume samples a fresh one).
 """
 
 from __future__ import annotations
@@ -79,6 +84,9 @@ class GRPOParams:
     """Reward added for the <think>…</think>-then-answer shape (on top of 1 for a correct answer)."""
     eval_examples: int = 200
     """Held-out test problems for val_accuracy at each evaluation (greedy)."""
+    entropy_top: float = 1.0
+    """Fraction of completion tokens the policy gradient trains: those with the highest policy entropy
+    (Wang et al. 2025 use 0.2). 1 = every token."""
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -94,6 +102,8 @@ class GRPOParams:
             raise ValueError("grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0")
         if self.kl_beta < 0 or self.format_weight < 0:
             raise ValueError("grpo.kl_beta and grpo.format_weight must be >= 0")
+        if not 0 < self.entropy_top <= 1:
+            raise ValueError(f"grpo.entropy_top must be in (0, 1], got {self.entropy_top}")
 
 
 @dataclass(frozen=True)
@@ -125,8 +135,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
 
 
 def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                   positions: torch.Tensor | None = None, attn: torch.Tensor | None = None) -> torch.Tensor:
-    """log π(targets[t] | context of t) for every position (B, T), in float32.
+                   positions: torch.Tensor | None = None, attn: torch.Tensor | None = None,
+                   with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log π(targets[t] | context of t) for every position (B, T), in float32 — and, with `with_entropy`,
+    the (detached) entropy of π at every position as well.
 
     π is the distribution the rollouts were sampled from: the logits divided by the sampling
     temperature, so that the ratio π/π_old and the gradient refer to the policy that acted.
@@ -135,21 +147,41 @@ def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, targets: torch.Ten
     logits = model(ids, position_ids=positions, attention_mask=attn).float()
     if temperature != 1.0:
         logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    logprobs = torch.log_softmax(logits, dim=-1)
+    picked = logprobs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return picked
+    with torch.no_grad():
+        entropy = -(logprobs.exp() * logprobs).sum(-1)
+    return picked, entropy
+
+
+def forking_tokens(entropy: torch.Tensor, mask: torch.Tensor, top: float) -> torch.Tensor:
+    """The `top` fraction of completion tokens (by `mask`) with the highest policy entropy, as a bool (B, T).
+
+    These are the "forking" tokens where the policy actually chooses (here: add or subtract, which number);
+    the rest are near-deterministic copies and sums. Restricting the policy gradient to them is the 80/20
+    rule of Wang et al. 2025 ("Beyond the 80/20 Rule", arXiv:2506.01939)."""
+    if top >= 1.0 or not bool(mask.any()):
+        return mask.clone()
+    threshold = torch.quantile(entropy[mask].float(), 1.0 - top)
+    return mask & (entropy >= threshold)
 
 
 def clipped_objective(
     logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
     clip_low: float, clip_high: float, ref_logp: torch.Tensor | None = None, beta: float = 0.0,
+    denom: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO loss over (B, T) token log-probs; `adv` is (B,) per row or (B, T) per token, `mask` (B, T)
-    marks completion tokens."""
+    marks completion tokens. The sum over tokens is divided by `denom` (default: the tokens in `mask`)."""
     ratio = torch.exp(logp - old_logp)
     a = adv[:, None] if adv.dim() == 1 else adv
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     per_token = -torch.minimum(ratio * a, clipped * a)
     m = mask.float()
     n = m.sum().clamp_min(1)
+    total = n if denom is None else max(float(denom), 1e-12)
     stats: dict[str, float] = {}
     if ref_logp is not None and beta > 0:
         d = ref_logp - logp
@@ -158,7 +190,7 @@ def clipped_objective(
         stats["kl"] = float((kl.detach() * m).sum() / n)
     is_clipped = ((ratio < 1 - clip_low) & (a < 0)) | ((ratio > 1 + clip_high) & (a > 0))
     stats["clip_frac"] = float((is_clipped.float() * m).sum() / n)
-    return (per_token * m).sum() / n, stats
+    return (per_token * m).sum() / total, stats
 
 
 def pack_groups(prompts: list[list[int]], completions: list[list[int]], adv: torch.Tensor, pad_id: int,
@@ -223,6 +255,9 @@ class Rollout:
     old_logp: torch.Tensor | None
     ref_logp: torch.Tensor | None
     metrics: dict[str, float]
+    denom: float | None = None
+    """What this rank divides its token sum by: all ranks' completion tokens / world size, so that the
+    data-parallel mean of the ranks' gradients is the gradient of the global token mean."""
 
 
 class GRPOStage:
@@ -243,6 +278,7 @@ class GRPOStage:
         self._perm = self._permutation(0)
         self.pending: Rollout | None = None
         self.pending_uses = 0
+        self.rank, self.world = 0, 1  # set by `grpo()` under torchrun: each rank samples its share of groups
 
     def _permutation(self, epoch: int) -> list[int]:
         perm = list(range(len(self.pool)))
@@ -273,15 +309,22 @@ class GRPOStage:
 
         assert self.model is not None, "GRPOStage.attach(model) must be called before training"
         G = self.p.group_size
-        picks = self._take(self.cfg.train.batch_size)
+        # Every rank draws the same global batch (the cursor stays in step) and samples its own slice of
+        # groups; each completion has its own random stream, keyed by (seed, rollout, group, sample), so
+        # what is sampled does not depend on the number of processes.
+        share = self.cfg.train.batch_size // self.world
+        first = self.rank * share
+        picks = self._take(self.cfg.train.batch_size)[first : first + share]
+        base = (self.cfg.run.seed * 1_000_003 + self.rollouts) * 1_000_033
+        seeds = [(base + (first + i) * G + j) % 2**63 for i in range(share) for j in range(G)]
         params = SamplingParams(max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
-                                top_k=self.p.top_k, top_p=self.p.top_p, stop_ids=(self.tok.im_end_id, self.tok.eos_id),
-                                seed=self.cfg.run.seed * 1_000_003 + self.rollouts)
+                                top_k=self.p.top_k, top_p=self.p.top_p, stop_ids=(self.tok.im_end_id, self.tok.eos_id))
         self.rollouts += 1
         was_training = self.model.training
         self.model.eval()  # adapters' dropout off while sampling
         try:
-            gens = generate(self.model, [self.prompts[i] for i in picks], params, pad_id=self.tok.pad_id, n=G)
+            gens = generate(self.model, [self.prompts[i] for i in picks], params, pad_id=self.tok.pad_id, n=G,
+                            row_seeds=seeds)
         finally:
             self.model.train(was_training)
         texts = [self.tok.decode(g.tokens) for g in gens]
@@ -304,18 +347,29 @@ class GRPOStage:
         completions = [gens[i].tokens + ([gens[i].stop_token] if gens[i].stop_token is not None else [])
                        for g in groups for i in range(g * G, (g + 1) * G)]
         kept = torch.tensor([i for g in groups for i in range(g * G, (g + 1) * G)], dtype=torch.long)
+        denom = self._global_tokens(sum(len(c) for c in completions)) / self.world
         if not groups:
             empty = torch.zeros((0, 1), dtype=torch.long)
             return Rollout(empty, empty, torch.zeros((0, 1, 1, 1), dtype=torch.bool), empty, empty.bool(),
-                           empty.float(), None, None, metrics)
+                           empty.float(), None, None, metrics, denom)
         ids, positions, attn, targets, mask, tok_adv = pack_groups(
             [self.prompts[picks[g]] for g in groups], completions, adv[kept], self.tok.pad_id)
-        ro = Rollout(ids, positions, attn, targets, mask, tok_adv, None, None, metrics)
+        ro = Rollout(ids, positions, attn, targets, mask, tok_adv, None, None, metrics, denom)
         if self.p.updates_per_rollout > 1:
             ro.old_logp = self._logprobs(self.model, ro).cpu()
         if self.ref is not None:
             ro.ref_logp = self._logprobs(self.ref, ro).cpu()
         return ro
+
+    def _global_tokens(self, local: int) -> float:
+        """Completion tokens trained this step, summed over ranks."""
+        if self.world == 1:
+            return float(local)
+        import torch.distributed as tdist
+
+        t = torch.tensor([float(local)], dtype=torch.float64, device=self.device)
+        tdist.all_reduce(t)
+        return float(t.item())
 
     def _logprobs(self, model: torch.nn.Module, ro: Rollout) -> torch.Tensor:
         d = self.device
@@ -323,6 +377,10 @@ class GRPOStage:
                               ro.attn.to(d))
 
     # ---- Stage protocol --------------------------------------------------------------------------
+    def shard_batch(self, batch: Rollout, rank: int, world: int) -> Rollout:
+        """A rollout is already this rank's share (it sampled only its own groups)."""
+        return batch
+
     def next_batch(self) -> Rollout:
         if self.pending is None or self.pending_uses >= self.p.updates_per_rollout:
             self.pending, self.pending_uses = self.rollout(), 0
@@ -335,12 +393,20 @@ class GRPOStage:
             # Every group was unanimous: nothing to learn from this rollout (a zero loss, no gradient).
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return zero, {**metrics, "clip_frac": 0.0, "tokens": 0}
-        mask = batch.mask.to(self.device)
-        logp = self._logprobs(model, batch)
-        old = batch.old_logp.to(self.device) if batch.old_logp is not None else logp.detach()
-        ref = batch.ref_logp.to(self.device) if batch.ref_logp is not None else None
-        loss, stats = clipped_objective(logp, old, batch.adv.to(self.device), mask, self.p.clip_low,
-                                        self.p.clip_high, ref, self.p.kl_beta)
+        d = self.device
+        mask, adv = batch.mask.to(d), batch.adv.to(d)
+        if self.p.entropy_top < 1.0:
+            logp, entropy = token_logprobs(model, batch.ids.to(d), batch.targets.to(d), self.p.temperature,
+                                           batch.positions.to(d), batch.attn.to(d), with_entropy=True)
+            forks = forking_tokens(entropy, mask, self.p.entropy_top)
+            adv = adv * forks  # the KL term still covers every completion token
+            metrics["fork_entropy_min"] = float(entropy[forks].min()) if bool(forks.any()) else 0.0
+        else:
+            logp = self._logprobs(model, batch)
+        old = batch.old_logp.to(d) if batch.old_logp is not None else logp.detach()
+        ref = batch.ref_logp.to(d) if batch.ref_logp is not None else None
+        loss, stats = clipped_objective(logp, old, adv, mask, self.p.clip_low, self.p.clip_high, ref,
+                                        self.p.kl_beta, batch.denom)
         return loss, {**metrics, **stats, "tokens": int(mask.sum())}
 
     def evaluate(self, model) -> dict[str, float]:
@@ -350,8 +416,10 @@ class GRPOStage:
         return {"val_accuracy": s.accuracy, "val_format": s.format_rate}
 
     def state_dict(self) -> dict:
+        # A pending rollout (μ > 1) is rank 0's share only; under torchrun a resume samples a fresh one.
+        pending = self.pending if self.world == 1 else None
         return {"epoch": self.epoch, "cursor": self.cursor, "rollouts": self.rollouts,
-                "pending": self.pending, "pending_uses": self.pending_uses}
+                "pending": pending, "pending_uses": self.pending_uses if pending is not None else 0}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor, self.rollouts = state["epoch"], state["cursor"], state["rollouts"]
@@ -375,5 +443,6 @@ def grpo(cfg: GRPOConfig, resume: bool = False) -> dict[str, Any]:
               extra_lineage={**extra, "task": cfg.grpo.task})
     trainer = Trainer(model, stage, job)
     stage.device = trainer.device
+    stage.rank, stage.world = trainer.dist.rank, trainer.dist.world_size
     stage.attach(trainer.model)
     return trainer.run(resume=resume)
