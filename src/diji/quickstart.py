@@ -20,13 +20,13 @@ import numpy as np
 from diji.io import atomic_write_json
 
 # The default recipe: a ~4M-parameter Llama-style model that fits a 2-core CPU's few minutes. Pretraining is
-# 200 steps so that the whole chain stays within 15 minutes on a slow day of the 2-core reference machine
-# (300 steps took 306 s on a quiet day and 570 s on a busy one; docs/LOG.md).
+# 150 steps so that the whole chain stays within 15 minutes on the slower 2-core machines too: one step
+# took 1.0 s on the reference machine of 2026-11-23 and 2.2 s on the one of 2026-12-02 (docs/LOG.md).
 PRETRAIN_OVERRIDES = [
     "model.vocab_size=4096", "model.hidden_size=256", "model.num_hidden_layers=4",
     "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.intermediate_size=704",
     "model.max_position_embeddings=512", "data.seq_len=256",
-    "train.batch_size=16", "train.max_steps=200", "train.log_every=10", "train.eval_every=50",
+    "train.batch_size=16", "train.max_steps=150", "train.log_every=10", "train.eval_every=50",
     "train.eval_batches=8", "train.save_every=100", "optim.lr=3e-3", "optim.warmup_steps=20",
 ]
 
@@ -103,7 +103,7 @@ class Quickstart:
         overrides = [*PRETRAIN_OVERRIDES, f"data.path={json.dumps(str(data_dir))}",
                      f"run.out_dir={json.dumps(str(self.out / 'runs'))}", 'run.name="pretrain"']
         if self.fast:
-            overrides += ["train.max_steps=150"]
+            overrides += ["train.max_steps=100"]
         cfg = load_config(PretrainConfig, None, overrides)
         self.say(f"pretraining a {cfg.model.num_params() / 1e6:.1f}M-parameter model for {cfg.train.max_steps} steps")
         result = pretrain(cfg)

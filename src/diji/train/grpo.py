@@ -28,7 +28,7 @@ hides the other completions (`pack_groups`) — so the prompt is computed once p
 Data parallel (torchrun): every rank draws the same global batch of prompts and samples only its share
 of the groups; each completion has its own random stream keyed by (run.seed, rollout k, group, sample)
 and each rank divides its token sum by the global token count over the world size, so N processes
-sample, score and step exactly as one does (tests/train/test_distributed.py), in 1/N of the time each.
+sample, score and step exactly as one does (tests/train/test_distributed.py), each doing 1/N of the work.
 
 Resume is exact: rollout k is sampled from weights the checkpoint restores with the streams above, and
 the prompt order is a per-epoch permutation fixed by (seed, epoch); the state is (epoch, cursor, k) plus
