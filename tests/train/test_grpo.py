@@ -177,3 +177,30 @@ def test_config_errors(data_dir, tmp_path):
     base = tiny_base(tmp_path, data_dir)
     with pytest.raises(DijiError, match="grpo.max_new_tokens"):
         grpo(load_config(GRPOConfig, None, grpo_overrides(base, tmp_path, task="arith") + ["grpo.max_new_tokens=250"]))
+
+
+def test_a_rollout_with_nothing_to_learn_reports_the_same_metrics(data_dir, tmp_path, monkeypatch):
+    """Under torchrun each rank samples its own groups, so one rank may find every group unanimous while
+    another does not; the ranks reduce their metrics as one vector, so the names must not differ."""
+    from diji.data.tokenizer import Tokenizer
+    from diji.train.grpo import GRPOStage
+    from diji.train.lora import LoRAConfig
+    from diji.train.sft import start_from
+
+    base = tiny_base(tmp_path, data_dir)
+    cfg = load_config(GRPOConfig, None, grpo_overrides(base, tmp_path) + ["grpo.entropy_top=0.5"])
+    model, tokenizer_file, _ = start_from(str(base), LoRAConfig(), 0)
+    names = {}
+    for case, task in (("learns", DigitTask()), ("unanimous", ConstantTask())):
+        monkeypatch.setattr(task_mod, "get_task", lambda name, task=task: task)
+        stage = GRPOStage(cfg, Tokenizer.from_file(tokenizer_file), torch.device("cpu"))
+        stage.attach(model)
+        batch = stage.rollout()
+        assert (batch.ids.shape[0] == 0) == (case == "unanimous")
+        names[case] = set(stage.loss(model, batch)[1])
+    assert names["learns"] == names["unanimous"] and "fork_entropy_min" in names["learns"]
+
+
+class ConstantTask(DigitTask):
+    def reward(self, example, completion):
+        return 1.0

@@ -371,10 +371,10 @@ class GRPOStage:
         tdist.all_reduce(t)
         return float(t.item())
 
-    def _logprobs(self, model: torch.nn.Module, ro: Rollout) -> torch.Tensor:
+    def _logprobs(self, model: torch.nn.Module, ro: Rollout, with_entropy: bool = False):
         d = self.device
         return token_logprobs(model, ro.ids.to(d), ro.targets.to(d), self.p.temperature, ro.positions.to(d),
-                              ro.attn.to(d))
+                              ro.attn.to(d), with_entropy)
 
     # ---- Stage protocol --------------------------------------------------------------------------
     def shard_batch(self, batch: Rollout, rank: int, world: int) -> Rollout:
@@ -390,14 +390,16 @@ class GRPOStage:
     def loss(self, model, batch: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
         metrics = dict(batch.metrics)
         if batch.ids.shape[0] == 0:
-            # Every group was unanimous: nothing to learn from this rollout (a zero loss, no gradient).
+            # Every group was unanimous: nothing to learn from this rollout (a zero loss, no gradient). The
+            # metric names match a normal step's: under torchrun the ranks reduce them as one vector.
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-            return zero, {**metrics, "clip_frac": 0.0, "tokens": 0}
+            empty = {"clip_frac": 0.0, "tokens": 0, **({"kl": 0.0} if self.ref is not None else {}),
+                     **({"fork_entropy_min": 0.0} if self.p.entropy_top < 1.0 else {})}
+            return zero, {**metrics, **empty}
         d = self.device
         mask, adv = batch.mask.to(d), batch.adv.to(d)
         if self.p.entropy_top < 1.0:
-            logp, entropy = token_logprobs(model, batch.ids.to(d), batch.targets.to(d), self.p.temperature,
-                                           batch.positions.to(d), batch.attn.to(d), with_entropy=True)
+            logp, entropy = self._logprobs(model, batch, with_entropy=True)
             forks = forking_tokens(entropy, mask, self.p.entropy_top)
             adv = adv * forks  # the KL term still covers every completion token
             metrics["fork_entropy_min"] = float(entropy[forks].min()) if bool(forks.any()) else 0.0
