@@ -19,7 +19,10 @@ What it does not cover
 - Jailbreaks or prompt injection that use no listed word; content inside images or files.
 - Stop-and-resume tricks across separate requests (each request is checked on its own).
 - Output PII longer than the hold-back window (`stream_holdback_chars`) may be streamed partly before
-  it is recognised; non-streamed responses are always redacted in full.
+  it is recognised.
+- The output filter is incremental (each piece costs time proportional to its size plus a fixed
+  window, not to the text so far): a keyword is always caught, but an output regex is searched only
+  within the last `scan_window_chars` characters, so a regex match longer than that window can pass.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 
 from diji.config import ConfigError, load_config
 from diji.errors import DijiError
-from diji.safety.pii import redact
+from diji.safety.pii import find_pii
 
 DEFAULT_REFUSAL = "抱歉，这个请求我无法协助。Sorry, I can't help with that request."
 
@@ -76,11 +79,16 @@ class OutputPolicy(RuleSet):
     """Replace e-mails, phone numbers, ID and card numbers, IPs in generated text (see safety/pii.py)."""
     stream_holdback_chars: int = 48
     """While streaming, characters kept back so a keyword or PII split across chunks is still caught."""
+    scan_window_chars: int = 512
+    """How far back each new piece of output is re-scanned for the output regexes (keywords always use
+    their own length); bounds the filter's cost per piece."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.stream_holdback_chars < 0:
             raise ValueError(f"output.stream_holdback_chars must be >= 0, got {self.stream_holdback_chars}")
+        if self.scan_window_chars < 1:
+            raise ValueError(f"output.scan_window_chars must be >= 1, got {self.scan_window_chars}")
 
 
 @dataclass(frozen=True)
@@ -93,9 +101,12 @@ class RateLimit:
     """Bucket size for requests (a quiet key may send this many at once); 0 means requests_per_minute."""
     burst_tokens: int = 0
     """Bucket size for tokens; 0 means tokens_per_minute."""
+    feedback_per_minute: float = 30.0
+    """Sustained feedback posts per minute per key (burst of the same size); 0 = unlimited."""
 
     def __post_init__(self) -> None:
-        for name in ("requests_per_minute", "tokens_per_minute", "burst_requests", "burst_tokens"):
+        for name in ("requests_per_minute", "tokens_per_minute", "burst_requests", "burst_tokens",
+                     "feedback_per_minute"):
             if getattr(self, name) < 0:
                 raise ValueError(f"rate_limit.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -106,6 +117,16 @@ class AuditPolicy:
     """Directory for audit-YYYY-MM-DD.jsonl files; empty disables the audit log."""
     log_text: bool = False
     """Also store prompts and outputs (PII-redacted); needed by `diji data flywheel`. Off by default."""
+    max_file_bytes: int = 64 << 20
+    """A file that reaches this size is closed and a new one started (rotation by size)."""
+    keep_files: int = 100
+    """Retention: the oldest audit files beyond this many are deleted; 0 keeps every file."""
+
+    def __post_init__(self) -> None:
+        if self.max_file_bytes < 1024:
+            raise ValueError(f"audit.max_file_bytes must be >= 1024, got {self.max_file_bytes}")
+        if self.keep_files < 0:
+            raise ValueError(f"audit.keep_files must be >= 0 (0 = keep all), got {self.keep_files}")
 
 
 @dataclass(frozen=True)
@@ -187,6 +208,10 @@ class OutputGuard:
 
     `feed(delta)` returns text safe to send now; `finish()` returns the rest. Once an output rule fires,
     `blocked` is set and nothing more is emitted.
+
+    Incremental: rules are searched in the new text plus a window before it (the longest keyword, or
+    `scan_window_chars`), and PII is looked for in the text not yet sent only, which the hold-back keeps
+    short; so a reply of N pieces costs O(N), not the O(N²) of re-scanning everything each time.
     """
 
     def __init__(self, moderator: Moderator) -> None:
@@ -194,30 +219,64 @@ class OutputGuard:
         p = moderator.policy.output
         active = moderator._out is not None or p.redact_pii
         self.hold = p.stream_holdback_chars if active else 0
-        self.raw = ""
-        self.sent = 0  # characters of the processed text already emitted
+        longest = max((len(normalise(k)) for k in p.keywords), default=0)
+        # NFKC can turn one character into several and invisible ones vanish: keep a generous margin.
+        self.window = max(p.scan_window_chars if p.regexes else 0, 4 * longest + 8)
+        self.recent = ""  # the last `window` raw characters, for rules spanning pieces
+        self.pending = ""  # raw text not emitted yet
         self.blocked: Decision | None = None
         self.redacted: list[str] = []
 
-    def _processed(self) -> str:
-        if self.m.policy.output.redact_pii:
-            text, kinds = redact(self.raw)
-            self.redacted = kinds
-            return text
-        return self.raw
+    def _check(self, delta: str) -> bool:
+        if self.m._out is None or not delta:
+            return True
+        scan = self.recent + delta
+        self.recent = scan[-self.window :]
+        if self.m._out.search(normalise(scan)):
+            self.blocked = Decision("output", "block", "keyword_or_regex")
+            return False
+        return True
+
+    def _emit(self, upto: int) -> str:
+        """Emit pending[:upto] (after moving the cut out of any PII span), redacted."""
+        text = self.pending
+        spans = find_pii(text) if self.m.policy.output.redact_pii else []
+        for r in spans:
+            if r.start < upto < r.end:
+                upto = r.start
+        if upto < len(text):
+            # Do not cut inside a run of word characters that may still grow into PII.
+            run = upto
+            while run > 0 and (text[run - 1].isalnum() or text[run - 1] in "@.+-_"):
+                run -= 1
+            if upto - run < max(self.hold, 1):
+                upto = run
+        out, pos = [], 0
+        for r in spans:
+            if r.end > upto:
+                break
+            out.append(text[pos : r.start])
+            out.append(f"[{r.kind.upper()}]")
+            self.redacted.append(r.kind)
+            pos = r.end
+        out.append(text[pos:upto])
+        self.pending = text[upto:]
+        return "".join(out)
 
     def feed(self, delta: str, final: bool = False) -> str:
         if self.blocked is not None:
             return ""
-        self.raw += delta
-        decision = self.m.check_output(self.raw)
-        if decision.action == "block":
-            self.blocked = decision
+        if not self._check(delta):
             return ""
-        text = self._processed()
-        end = len(text) if final else max(self.sent, len(text) - self.hold)
-        out, self.sent = text[self.sent : end], end
-        return out
+        self.pending += delta
+        if not self.hold:
+            out, self.pending = self.pending, ""
+            return out
+        if final:
+            return self._emit(len(self.pending))
+        if len(self.pending) <= self.hold:
+            return ""
+        return self._emit(len(self.pending) - self.hold)
 
     def finish(self) -> str:
         return self.feed("", final=True)

@@ -13,6 +13,13 @@ and a waiting one takes it at the next step, instead of the whole batch waiting 
 
 `AsyncEngine` runs the step loop on one background thread and hands each request's events to an
 asyncio queue; the HTTP layer only ever talks to it through `submit` and `abort`.
+
+Fault isolation: one sequence's failure is that sequence's alone. Sampling never sees a NaN from an
+accepted setting (temperatures below `MIN_TEMPERATURE` are greedy, `top_p` is floored at `MIN_TOP_P`:
+1e-300 underflows to 0 in float32 and 0/0 is NaN); a row whose logits are not finite, or whose sampling
+raises, ends with `finish_reason="error"` while the rest of the batch goes on; a forward pass that fails
+for a batch is retried one sequence at a time so that only the sequences that fail alone are ended. If
+the engine thread itself dies, every request it holds fails at once and `alive` turns false.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections import deque
@@ -32,10 +40,20 @@ import torch
 
 from diji.model.generate import sample
 from diji.model.transformer import ModelConfig, Transformer
+from diji.serve.json_constraint import START, JsonConstraint
 
 log = logging.getLogger(__name__)
 
 WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
+
+MIN_TEMPERATURE = 1e-3
+"""Below this a temperature is treated as 0 (greedy), its limit: logits / 1e-300 overflow to inf."""
+MIN_TOP_P = 1e-6
+"""Smaller top_p values act as this one (keep only the top token); 1e-300 is 0 in float32."""
+
+
+class EngineDead(RuntimeError):
+    """The engine thread has stopped: nothing submitted will ever be answered."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,18 @@ class GenParams:
     """Return the chosen token's log-probability and this many alternatives for each generated token."""
     prompt_logprobs: int | None = None
     """Return log-probabilities of the prompt tokens too (what `echo` + `logprobs` needs)."""
+    presence_penalty: float = 0.0
+    """Subtracted once from the logit of every token already generated (OpenAI's definition)."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time it was already generated."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to the logits before sampling."""
+    json_mode: bool = False
+    """Constrain sampling so that the text is one JSON object (see serve/json_constraint.py)."""
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias or self.json_mode)
 
 
 @dataclass
@@ -103,6 +133,8 @@ class Event:
     stop_token: tuple[int, TokenLogprob | None] | None = None
     """The sampled stop token (not part of token_ids/text) and its log-probability: scoring clients
     such as lm-eval read the last generated token's log-prob even when it is EOS."""
+    error: str | None = None
+    """Set (with finish_reason "error") when this sequence failed; the others of the batch go on."""
 
 
 class Sequence:
@@ -123,6 +155,7 @@ class Sequence:
             # Each of the n choices gets its own stream, so n=2 with a seed gives two different samples.
             self.generator = torch.Generator().manual_seed(params.seed + index)
         self.stop_hold = max((len(s) for s in params.stop), default=1) - 1
+        self.json_state = START if params.json_mode else None
 
     @property
     def num_tokens(self) -> int:
@@ -334,93 +367,206 @@ class ModelRunner:
             mask = torch.arange(S, device=self.device)[None, :] <= pos  # (B, S): each row's own columns
         return self.model(ids, cache=self.cache, position_ids=pos, attention_mask=mask)[:, -1]
 
-    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
-        """One token per row with that row's own settings; log-probs are of the unmodified model."""
-        logits = logits.float()
-        tokens = logits.argmax(-1)
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence], json: JsonConstraint | None = None,
+               ) -> tuple[list[int], list[TokenLogprob | None], dict[int, Exception]]:
+        """One token per row with that row's own settings; log-probs are of the unmodified model.
+        Rows that cannot be sampled (non-finite logits, a sampler error) are returned as failures by
+        row index instead of raising, so that the other rows are unaffected."""
+        raw = logits.float()
+        adj = raw
+        if any(s.params.adjusts_logits for s in seqs):
+            adj = raw.clone()
+            for i, s in enumerate(seqs):
+                if s.params.adjusts_logits:
+                    adj[i] = self._adjust(raw[i], s, json)
+        failed: dict[int, Exception] = {}
+        # NaN or +inf anywhere, or nothing left to choose: this row's sampling would fail or be garbage.
+        bad = torch.isnan(adj).any(-1) | torch.isposinf(adj).any(-1) | torch.isneginf(adj).all(-1)
+        for i in bad.nonzero()[:, 0].tolist():
+            failed[i] = FloatingPointError("the model produced non-finite logits for this sequence")
+        tokens = adj.argmax(-1)
         # Rows sharing settings and no private seed are sampled in one call; a seeded row uses its own
         # generator so that its tokens do not depend on what else is in the batch.
         groups: dict[tuple[float, int, float], list[int]] = {}
+        singles: list[int] = []
         for i, s in enumerate(seqs):
             p = s.params
-            if p.temperature <= 0:
+            if p.temperature < MIN_TEMPERATURE or i in failed:
                 continue
             if s.generator is not None:
-                tokens[i] = sample(logits[i : i + 1], p.temperature, p.top_k, p.top_p, s.generator)[0]
+                singles.append(i)
             else:
-                groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
+                groups.setdefault((p.temperature, p.top_k, max(p.top_p, MIN_TOP_P)), []).append(i)
         for (temperature, top_k, top_p), rows in groups.items():
-            idx = torch.tensor(rows, device=logits.device)
-            tokens[idx] = sample(logits[idx], temperature, top_k, top_p)
-        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+            idx = torch.tensor(rows, device=adj.device)
+            try:
+                tokens[idx] = sample(adj[idx], temperature, top_k, top_p)
+            except Exception:  # noqa: BLE001 (find the row at fault below; the others must not fail)
+                singles.extend(rows)
+        for i in singles:
+            p = seqs[i].params
+            try:
+                tokens[i] = sample(adj[i : i + 1], p.temperature, p.top_k, max(p.top_p, MIN_TOP_P),
+                                   seqs[i].generator)[0]
+            except Exception as e:  # noqa: BLE001
+                failed[i] = e
+        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None and i not in failed]
         lps: list[TokenLogprob | None] = [None] * len(seqs)
         if want:
-            rows = torch.tensor(want, device=logits.device)
+            rows = torch.tensor(want, device=raw.device)
             k = max(seqs[i].params.logprobs or 0 for i in want)
-            got = _token_logprobs(logits[rows].log_softmax(-1), tokens[rows], k)
+            got = _token_logprobs(raw[rows].log_softmax(-1), tokens[rows], k)
             for i, tl in zip(want, got, strict=True):
                 tl.top = tl.top[: seqs[i].params.logprobs]
                 lps[i] = tl
-        return tokens.tolist(), lps
+        return tokens.tolist(), lps, failed
+
+    @staticmethod
+    def _adjust(row: torch.Tensor, s: Sequence, json: JsonConstraint | None) -> torch.Tensor:
+        """Logit bias, presence/frequency penalties (OpenAI's formula: mu[j] - c[j] * alpha_frequency
+        - [c[j] > 0] * alpha_presence, counts over generated tokens), then the JSON mask."""
+        p = s.params
+        row = row.clone()
+        if p.logit_bias:
+            ids = torch.tensor([t for t, _ in p.logit_bias], device=row.device)
+            row[ids] += torch.tensor([b for _, b in p.logit_bias], device=row.device)
+        if (p.presence_penalty or p.frequency_penalty) and s.output:
+            counts = torch.bincount(torch.tensor(s.output, device=row.device), minlength=row.shape[0])
+            counts = counts[: row.shape[0]].to(row.dtype)
+            row -= counts * p.frequency_penalty + (counts > 0).to(row.dtype) * p.presence_penalty
+        if s.json_state is not None and json is not None:
+            stop = p.stop_ids[0] if p.stop_ids else -1
+            budget = p.max_tokens - len(s.output)
+            if json.tight(s.json_state, budget):
+                allowed = json.forced(s.json_state, stop)
+            else:
+                # Most candidates are checked in the likeliest 256; a structural position (after a key
+                # only ':' fits) may need the whole ranking.
+                top = torch.topk(row, min(256, row.shape[0])).indices.tolist()
+                allowed = json.allowed(s.json_state, top, budget) or json.allowed(
+                    s.json_state, row.argsort(descending=True).tolist(), budget) or json.forced(s.json_state, stop)
+            allowed = [t for t in allowed if 0 <= t < row.shape[0]]
+            masked = torch.full_like(row, float("-inf"))
+            if allowed:
+                idx = torch.tensor(allowed, device=row.device)
+                masked[idx] = row[idx].nan_to_num(nan=0.0, posinf=1e4, neginf=-1e4)
+            row = masked
+        return row
 
 
 class Engine:
     """The synchronous core: `add`, `abort`, and `step` (schedule → run → update)."""
 
-    def __init__(self, model: Transformer, decode: Callable[[list[int]], str], cfg: EngineConfig) -> None:
+    def __init__(self, model: Transformer, decode: Callable[[list[int]], str], cfg: EngineConfig,
+                 json_vocab: Callable[[], list[str | None]] | None = None) -> None:
         self.cfg = cfg
         self.max_model_len = min(cfg.max_model_len or model.config.max_position_embeddings,
                                  model.config.max_position_embeddings)
         self.decode = decode
         self.scheduler = Scheduler(cfg.max_batch_size, cfg.max_prefill_tokens)
         self.runner = ModelRunner(model, cfg.max_batch_size, self.max_model_len)
+        self._json_vocab = json_vocab
+        self._json: JsonConstraint | None = None
+
+    @property
+    def json(self) -> JsonConstraint:
+        """The JSON-mode masks, built on first use (one decode per vocabulary entry)."""
+        if self._json is None:
+            if self._json_vocab is None:
+                raise ValueError("this engine was built without token texts, so it cannot constrain JSON")
+            self._json = JsonConstraint(self._json_vocab())
+        return self._json
 
     def add(self, request_id: str, prompt: list[int], params: GenParams, n: int = 1) -> None:
         if not prompt or len(prompt) + params.max_tokens > self.max_model_len:
             raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) must fit the "
                              f"context of {self.max_model_len} tokens")
+        if params.json_mode:
+            self.json  # noqa: B018 (build it now, on the engine thread, not in the middle of a step)
         for i in range(n):
             self.scheduler.add(Sequence(request_id, i, prompt, params, self.decode))
 
     def abort(self, request_id: str) -> None:
         self.scheduler.abort(request_id)
 
+    def _run(self, kind: str, seqs: list[Sequence]) -> tuple[torch.Tensor, list]:
+        if kind == "prefill":
+            return self.runner.prefill(seqs)
+        return self.runner.decode(seqs), [None] * len(seqs)
+
     def step(self) -> list[Event]:
         plan = self.scheduler.schedule()
         if plan is None:
             return []
         kind, seqs = plan
-        prompt_lps: list = [None] * len(seqs)
-        if kind == "prefill":
-            logits, prompt_lps = self.runner.prefill(seqs)
-        else:
-            logits = self.runner.decode(seqs)
-        return self._update(seqs, logits, prompt_lps, first=kind == "prefill")
+        first = kind == "prefill"
+        try:
+            logits, prompt_lps = self._run(kind, seqs)
+        except Exception as e:  # noqa: BLE001
+            if len(seqs) == 1:
+                return [self._fail(seqs[0], e)]
+            # Which sequence is at fault? Each one alone: a row's cache writes are idempotent (same
+            # positions, same values), so re-running the step for one sequence is safe.
+            log.warning("a batched %s step failed (%s: %s); retrying its %d sequences one by one",
+                        kind, type(e).__name__, e, len(seqs))
+            events = []
+            for s in seqs:
+                try:
+                    one, lps = self._run(kind, [s])
+                except Exception as e1:  # noqa: BLE001
+                    events.append(self._fail(s, e1))
+                    continue
+                events += self._update([s], one, lps, first)
+            return events
+        return self._update(seqs, logits, prompt_lps, first)
+
+    def _fail(self, s: Sequence, e: BaseException) -> Event:
+        log.error("sequence %s/%d failed: %s: %s", s.request_id, s.index, type(e).__name__, e,
+                  exc_info=(type(e), e, e.__traceback__))
+        s.finish_reason = "error"
+        self.scheduler.finish(s)
+        return Event(s.request_id, s.index, [], "", [], finish_reason="error",
+                     error=f"{type(e).__name__}: {e}"[:300])
 
     def _update(self, seqs: list[Sequence], logits: torch.Tensor, prompt_lps: list, first: bool) -> list[Event]:
         events = []
         # max_tokens == 0 (echo-only scoring): nothing is sampled, the prompt's log-probs are the answer.
         live = [i for i, s in enumerate(seqs) if not (first and s.params.max_tokens == 0)]
-        tokens, lps = self.runner.sample(logits[live], [seqs[i] for i in live]) if live else ([], [])
+        json = self._json if any(s.json_state is not None for s in seqs) else None
+        tokens, lps, failed = (self.runner.sample(logits[live], [seqs[i] for i in live], json) if live
+                               else ([], [], {}))
         chosen = dict(zip(live, zip(tokens, lps, strict=True), strict=True))
+        bad = {live[j]: e for j, e in failed.items()}
         for i, s in enumerate(seqs):
-            if i in chosen:
-                tok, lp = chosen[i]
-                text = s.append(tok)  # add() checked that max_tokens fits the context, so no overflow here
-                is_stop = tok in s.params.stop_ids
-                ev = Event(s.request_id, s.index, [] if is_stop else [tok], text,
-                           [lp] if lp is not None and not is_stop else [])
-                if is_stop:
-                    ev.stop_token = (tok, lp)
-            else:
-                s.finish_reason = "length"
-                ev = Event(s.request_id, s.index, [], "", [])
+            if i in bad:
+                events.append(self._fail(s, bad[i]))
+                continue
+            try:
+                ev = self._advance(s, chosen.get(i))
+            except Exception as e:  # noqa: BLE001 (a decode or stop-check bug ends this sequence only)
+                events.append(self._fail(s, e))
+                continue
             ev.prompt_logprobs = prompt_lps[i] if first else None
             ev.finish_reason = s.finish_reason
             if s.finish_reason is not None:
                 self.scheduler.finish(s)
             events.append(ev)
         return events
+
+    def _advance(self, s: Sequence, pick: tuple[int, TokenLogprob | None] | None) -> Event:
+        if pick is None:
+            s.finish_reason = "length"
+            return Event(s.request_id, s.index, [], "", [])
+        tok, lp = pick
+        is_stop = tok in s.params.stop_ids
+        if s.json_state is not None and not is_stop and self._json is not None:
+            s.json_state = self._json.advance(s.json_state, tok) or s.json_state
+        text = s.append(tok)  # add() checked that max_tokens fits the context, so no overflow here
+        ev = Event(s.request_id, s.index, [] if is_stop else [tok], text,
+                   [lp] if lp is not None and not is_stop else [])
+        if is_stop:
+            ev.stop_token = (tok, lp)
+        return ev
 
     @property
     def num_waiting(self) -> int:
@@ -441,7 +587,10 @@ class _Submit:
 
 
 class AsyncEngine:
-    """Runs `Engine.step` on a background thread; each request gets an asyncio.Queue of events."""
+    """Runs `Engine.step` on a background thread; each request gets an asyncio.Queue of events.
+
+    `alive` is false once the thread has stopped for any reason; then every request it held has been
+    sent an `EngineDead` and `submit` raises it at once."""
 
     def __init__(self, engine: Engine, on_step: Callable[[str, int, float], None] | None = None) -> None:
         self.engine = engine
@@ -451,16 +600,24 @@ class AsyncEngine:
         self._live: dict[str, int] = {}  # sequences of each request not finished yet
         self._wake = threading.Event()
         self._stop = False
-        self._ids = itertools.count()
+        self._dead: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="diji-engine", daemon=True)
         self._thread.start()
 
-    def next_id(self, prefix: str) -> str:
-        return f"{prefix}-{int(time.time() * 1000):x}{next(self._ids):06x}"
+    @staticmethod
+    def next_id(prefix: str) -> str:
+        """A response id nobody can guess (feedback is accepted only for ids the caller was given)."""
+        return f"{prefix}-{secrets.token_hex(16)}"
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and self._thread.is_alive()
 
     def submit(self, request_id: str, prompt: list[int], params: GenParams, n: int = 1,
                q: asyncio.Queue | None = None) -> asyncio.Queue:
         """Queue a request; its events (or an exception) arrive on `q` (several requests may share one)."""
+        if not self.alive:
+            raise EngineDead("the engine is not running")
         loop = asyncio.get_running_loop()
         q = q if q is not None else asyncio.Queue()
 
@@ -502,7 +659,7 @@ class AsyncEngine:
                 continue
             try:
                 self.engine.add(item.request_id, item.prompt, item.params, item.n)
-            except Exception as e:  # ValueError: the request does not fit; anything else is ours
+            except Exception as e:  # noqa: BLE001 (ValueError: the request does not fit; anything else is ours)
                 item.sink(e)
                 continue
             self._sinks[item.request_id] = item.sink
@@ -530,16 +687,41 @@ class AsyncEngine:
             self.on_step(kind, len(events), time.perf_counter() - t0)
 
     def _loop(self) -> None:
-        while not self._stop:
+        try:
+            while not self._stop:
+                try:
+                    self._iterate()
+                except Exception as e:  # noqa: BLE001 (a bug outside a step: fail what is in flight, keep serving)
+                    log.exception("engine iteration failed")
+                    for rid, sink in list(self._sinks.items()):
+                        sink(e)
+                        with contextlib.suppress(Exception):
+                            self.engine.abort(rid)
+                    self._sinks.clear()
+                    self._live.clear()
+        except BaseException as e:  # SystemExit, KeyboardInterrupt, MemoryError…: the thread is going away
+            self._die(e)
+            raise
+        finally:
+            if not self._stop and self._dead is None:
+                self._die(RuntimeError("the engine loop exited"))
+
+    def _die(self, cause: BaseException) -> None:
+        log.critical("the engine thread stopped (%s: %s); failing every request it held",
+                     type(cause).__name__, cause)
+        self._dead = cause
+        dead = EngineDead(f"the engine stopped ({type(cause).__name__})")
+        for sink in list(self._sinks.values()):
+            sink(dead)
+        self._sinks.clear()
+        self._live.clear()
+        while True:
             try:
-                self._iterate()
-            except Exception as e:  # a bug or a device fault: fail the requests in flight, keep serving
-                log.exception("engine step failed")
-                for rid, sink in list(self._sinks.items()):
-                    sink(e)
-                    self.engine.abort(rid)
-                self._sinks.clear()
-                self._live.clear()
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(item, tuple):
+                item.sink(dead)
 
     def close(self) -> None:
         self._stop = True
