@@ -53,10 +53,52 @@ def hf_config(family: str):
             **common, num_key_value_heads=4, intermediate_size=96, moe_intermediate_size=24, n_routed_experts=4,
             num_experts_per_tok=1, n_group=1, topk_group=1, first_k_dense_replace=2, kv_lora_rank=12,
             q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8, rope_parameters=rope)
+    # ---- long-context RoPE: original contexts shorter than the test sequences, so every regime is exercised
+    if family == "llama3_rope":  # Llama 3.1+: long wavelengths interpolated, short kept, a ramp between
+        return transformers.LlamaConfig(**common, num_key_value_heads=2, intermediate_size=96, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 5000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+    if family == "llama_linear_rope":
+        return transformers.LlamaConfig(**common, num_key_value_heads=2, intermediate_size=96,
+                                        rope_parameters={"rope_type": "linear", "rope_theta": 5000.0, "factor": 2.5})
+    if family == "qwen2_yarn":  # Qwen2.5 long-context recipe: yarn on dense attention (attention_factor on cos/sin)
+        return transformers.Qwen2Config(**common, num_key_value_heads=2, intermediate_size=96, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 5000.0, "factor": 4.0, "original_max_position_embeddings": 16})
+    if family == "qwen3":  # q/k RMSNorm per head, explicit head_dim (≠ hidden / heads)
+        return transformers.Qwen3Config(**common, num_key_value_heads=2, intermediate_size=96, head_dim=24,
+                                        rope_parameters=rope)
+    if family == "qwen3_moe":  # softmax top-2 of 8 experts, renormalised, a dense first layer
+        return transformers.Qwen3MoeConfig(**common, num_key_value_heads=2, intermediate_size=96, head_dim=16,
+                                           num_experts=8, num_experts_per_tok=2, moe_intermediate_size=24,
+                                           norm_topk_prob=True, mlp_only_layers=[0], rope_parameters=rope)
+    if family == "deepseek_v2":  # softmax router, group-limited greedy, shared expert; YaRN with mscale (V2's recipe)
+        return transformers.DeepseekV2Config(
+            **common, num_key_value_heads=4, intermediate_size=96, moe_intermediate_size=24, n_shared_experts=1,
+            n_routed_experts=8, num_experts_per_tok=2, topk_method="group_limited_greedy", n_group=4, topk_group=2,
+            first_k_dense_replace=1, routed_scaling_factor=1.5, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8,
+            qk_nope_head_dim=16, v_head_dim=12, rope_parameters={
+                "rope_type": "yarn", "rope_theta": 5000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+                "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707})
+    if family == "deepseek_v2_lite":  # V2-Lite's shape: greedy top-k, full-rank q_proj, plain RoPE
+        return transformers.DeepseekV2Config(
+            **common, num_key_value_heads=4, intermediate_size=96, moe_intermediate_size=24, n_shared_experts=2,
+            n_routed_experts=6, num_experts_per_tok=2, topk_method="greedy", first_k_dense_replace=1,
+            kv_lora_rank=12, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8,
+            rope_parameters=rope)
+    if family == "deepseek_v3_yarn":  # V3's released rope: yarn, mscale = mscale_all_dim (softmax scale × mscale²)
+        return transformers.DeepseekV3Config(
+            **common, num_key_value_heads=4, intermediate_size=96, moe_intermediate_size=24, n_shared_experts=1,
+            n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
+            routed_scaling_factor=2.5, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=16,
+            v_head_dim=12, rope_parameters={
+                "rope_type": "yarn", "rope_theta": 5000.0, "factor": 40.0, "original_max_position_embeddings": 16,
+                "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0})
     raise KeyError(family)
 
 
-FAMILIES = ("llama", "llama_tied_headdim", "mistral", "qwen2", "deepseek_v3", "deepseek_v3_mla_only")
+FAMILIES = ("llama", "llama_tied_headdim", "mistral", "qwen2", "deepseek_v3", "deepseek_v3_mla_only",
+            "llama3_rope", "llama_linear_rope", "qwen2_yarn", "qwen3", "qwen3_moe", "deepseek_v2",
+            "deepseek_v2_lite", "deepseek_v3_yarn")
 
 
 @torch.no_grad()

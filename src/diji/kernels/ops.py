@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from diji.kernels.registry import REGISTRY
+from diji.kernels.rope import RopeScaling
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -16,9 +17,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32,
+    scaling: RopeScaling | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return REGISTRY.call("rope_cos_sin", positions, head_dim, theta, dtype)
+    return REGISTRY.call("rope_cos_sin", positions, head_dim, theta, dtype, scaling)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from diji.kernels import rope
+from diji.kernels.rope import RopeScaling
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x²) + eps) * weight.
@@ -23,16 +26,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32,
+    scaling: RopeScaling | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables for rotary embeddings (Su et al. 2021, RoFormer) at the given integer positions.
 
     Returns tensors of shape positions.shape + (head_dim,), laid out as two repeated halves — the
     "rotate_half" convention HF Llama/Qwen use, so weights move between the two without permutation.
+    `scaling` (linear, dynamic, llama3, yarn; kernels/rope.py) changes the frequencies, and for yarn
+    multiplies both tables by its attention factor, as transformers does.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    seq_len = int(positions.max()) + 1 if scaling is not None and scaling.rope_type == "dynamic" else 0
+    inv_freq = rope.inv_freq(head_dim, theta, scaling, seq_len, positions.device)
     freqs = positions.to(torch.float32)[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
+    factor = rope.attention_factor(scaling)
+    if factor != 1.0:
+        return (emb.cos() * factor).to(dtype), (emb.sin() * factor).to(dtype)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from diji.kernels import reference
+from diji.kernels.rope import RopeScaling
 
 
 @dataclass
@@ -65,6 +66,10 @@ def _rope_cos_sin() -> list[Case]:
     return [
         Case("positions(64) d=32", [torch.arange(64), 32, 10000.0, torch.float64], cast=()),
         Case("positions(2,9)+500 d=10", [torch.arange(18).view(2, 9) + 500, 10, 500000.0, torch.float64], cast=()),
+        Case("positions(40) d=16 llama3", [torch.arange(40), 16, 500000.0, torch.float64, RopeScaling(
+            "llama3", factor=8.0, original_max_position_embeddings=32)], cast=()),
+        Case("positions(40) d=16 yarn", [torch.arange(40), 16, 10000.0, torch.float64, RopeScaling(
+            "yarn", factor=4.0, original_max_position_embeddings=16, mscale=1.0, mscale_all_dim=0.5)], cast=()),
     ]
 
 

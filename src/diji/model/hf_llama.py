@@ -1,6 +1,9 @@
 """Llama and Mistral ↔ diji. diji's native layout *is* LlamaForCausalLM's: same parameter names, the
 same rotate_half RoPE, so weights pass through unchanged and only config.json needs translating.
 
+RoPE scaling (Llama 3.1+'s llama3, linear, dynamic, yarn) is read by model/hf.py's `rope_from_hf`, which
+every dense family shares through `dense_config_from_hf`.
+
 Mistral (MistralForCausalLM) differs from Llama only by configuration: a sliding attention window. A
 window shorter than the context is imported by shortening the context to the window, where the two
 attentions are identical.
@@ -12,7 +15,7 @@ import logging
 
 import torch
 
-from diji.model.hf import rope_fields, rope_theta
+from diji.model.hf import rope_fields, rope_from_hf
 from diji.model.transformer import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,7 @@ def dense_config_from_hf(hf: dict) -> dict:
     kwargs = {k: hf[k] for k in DENSE if hf.get(k) is not None}
     kwargs.setdefault("num_key_value_heads", hf["num_attention_heads"])
     kwargs.setdefault("tie_word_embeddings", False)  # the transformers default for these families
-    kwargs["rope_theta"] = rope_theta(hf)
+    kwargs["rope_theta"], kwargs["rope_scaling"] = rope_from_hf(hf)
     head_dim = hf.get("head_dim")
     if head_dim and head_dim != hf["hidden_size"] // hf["num_attention_heads"]:
         kwargs["head_dim"] = head_dim
@@ -48,7 +51,7 @@ def dense_config_from_hf(hf: dict) -> dict:
 def dense_config_to_hf(cfg: ModelConfig) -> dict:
     return {
         **{k: getattr(cfg, k) for k in DENSE},
-        **rope_fields(cfg.rope_theta),
+        **rope_fields(cfg.rope_theta, cfg.rope_scaling),
         "head_dim": cfg.dim_per_head,
         "hidden_act": "silu",
         "attention_dropout": 0.0,

@@ -8,6 +8,9 @@ is cached, so the KV cache holds R + Dr numbers per token and layer instead of 2
     RoPE only on the decoupled parts q_rot, k_rot (k_rot is shared by all heads): RoPE does not commute
     with the up-projection, so rotating the latent would defeat caching it (§2.1.3).
     score = (q_nope·k_nope + q_rot·k_rot) / sqrt(Dn + Dr)
+    With YaRN rope scaling the cos/sin tables carry YaRN's attention factor (so q_rot·k_rot scales by its
+    square) and, when `mscale_all_dim` is set, the softmax scale is multiplied by mscale(factor, mscale_all_dim)²
+    — DeepSeek's release code and transformers do both (kernels/rope.py).
 
 Decoding one token uses the "absorbed" form (§2.1.2): q_nope is pushed through the key up-projection
 (q_lat = q_nope · W_UK, (B, H, 1, R)) so attention runs directly against the cached latents, and the value
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from diji.kernels import ops
+from diji.kernels import ops, rope
 
 if TYPE_CHECKING:
     from diji.model.transformer import Cache, ModelConfig
@@ -54,6 +57,8 @@ class MLA(nn.Module):
         self.kv_a_layernorm = norm(self.R, LATENT_NORM_EPS)
         self.kv_b_proj = nn.Linear(self.R, H * (self.Dn + self.Dv), bias=False)
         self.o_proj = nn.Linear(H * self.Dv, C, bias=False)
+        self.q_scale = rope.softmax_scale_factor(cfg.rope_scaling)
+        """Extra factor on the softmax scale, applied to q (SDPA's own scale stays 1/sqrt(query width))."""
 
     def forward(self, x, cos, sin, cache: Cache | None, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -63,6 +68,8 @@ class MLA(nn.Module):
         c, k_rot = self.kv_a_proj_with_mqa(x).split([self.R, self.Dr], dim=-1)
         c = self.kv_a_layernorm(c)[:, None]  # (B, 1, T, R): one "head", the latent
         q_rot, k_rot = ops.apply_rope(q_rot, cos, sin), ops.apply_rope(k_rot[:, None], cos, sin)  # k_rot (B,1,T,Dr)
+        if self.q_scale != 1.0:
+            q_nope, q_rot = q_nope * self.q_scale, q_rot * self.q_scale
         if cache is not None:
             c, k_rot = cache.update(self.layer, c, k_rot)  # (B, 1, S, R), (B, 1, S, Dr)
         if cache is not None and T == 1:

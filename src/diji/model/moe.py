@@ -6,7 +6,9 @@
 
 Design from DeepSeekMoE (Dai et al. 2024): many narrow experts and a few shared ones isolate common
 knowledge; routing per DeepSeek-V3 (DeepSeek-AI 2024, §2.1.2): sigmoid affinities, optional group-limited
-selection, gates normalised over the chosen experts and scaled by `routed_scaling_factor`.
+selection, gates normalised over the chosen experts and scaled by `routed_scaling_factor`. With softmax
+scores, no normalisation and group scoring by the best expert it is DeepSeek-V2's router; with softmax,
+no shared experts and no groups it is Qwen3-MoE's (and Mixtral's) top-k router.
 
 Load balancing (`moe_balance`):
 - "bias" — auxiliary-loss-free balancing (Wang et al. 2024; DeepSeek-V3): a per-expert bias is added to
@@ -76,11 +78,15 @@ class Router(nn.Module):
         scores = logits.sigmoid() if cfg.scoring_func == "sigmoid" else logits.softmax(-1)
         choice = scores.detach() + self.e_score_correction_bias.float()  # bias steers selection only
         if cfg.n_group > 1:
-            # Group-limited routing (DeepSeek-V3): keep the topk_group groups whose two best experts score
-            # highest, so each token's experts live on few devices under expert parallelism.
+            # Group-limited routing: keep the topk_group groups whose two best experts score highest
+            # (DeepSeek-V3) or whose best expert does (DeepSeek-V2), so each token's experts live on few
+            # devices under expert parallelism.
             N, E = choice.shape
             grouped = choice.view(N, cfg.n_group, E // cfg.n_group)
-            group_score = grouped.topk(2, dim=-1).values.sum(-1)  # (N, n_group)
+            if cfg.group_scoring == "max":
+                group_score = grouped.max(dim=-1).values  # (N, n_group)
+            else:
+                group_score = grouped.topk(2, dim=-1).values.sum(-1)
             keep = torch.zeros_like(group_score).scatter_(1, group_score.topk(cfg.topk_group, dim=-1).indices, 1.0)
             choice = choice.masked_fill(~keep.bool().repeat_interleave(E // cfg.n_group, dim=1), float("-inf"))
         idx = choice.topk(cfg.num_experts_per_tok, dim=-1).indices  # (N, k)

@@ -2,7 +2,9 @@
 
     token ids ─► embedding ─► N × [x + Attn(RMSNorm(x)); x + FFN(RMSNorm(x))] ─► RMSNorm ─► lm_head
 
-Attn is grouped-query attention, or Multi-head Latent Attention when `kv_lora_rank` > 0 (model/mla.py).
+Attn is grouped-query attention (with per-head q/k RMSNorm when `qk_norm`, Qwen3), or Multi-head Latent
+Attention when `kv_lora_rank` > 0 (model/mla.py). RoPE may be scaled for long contexts (`rope_scaling`:
+linear, dynamic, llama3, yarn; the frequency maths is in kernels/rope.py).
 FFN is a SwiGLU MLP, or a DeepSeekMoE layer when `n_routed_experts` > 0 (model/moe.py) from layer
 `first_k_dense_replace` on. Field and parameter names follow the Hugging Face Llama / DeepSeek-V3
 configs, so weights map to `transformers` models one to one (model/hf.py).
@@ -22,11 +24,13 @@ import torch
 import torch.nn as nn
 
 from diji.kernels import ops
+from diji.kernels.rope import RopeScaling
 from diji.model.mla import MLA
 from diji.model.moe import MoE
 
 SCORING = ("sigmoid", "softmax")
 BALANCE = ("bias", "aux_loss", "none")
+GROUP_SCORING = ("top2_sum", "max")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class ModelConfig:
     """Longest sequence the model is trained or served at (sizes the KV cache)."""
     rope_theta: float = 10000.0
     """RoPE base frequency."""
+    rope_scaling: RopeScaling = RopeScaling()
+    """Long-context RoPE scaling (Llama 3.1's llama3, YaRN, ...); the default is plain RoPE. A TOML table
+    `[model.rope_scaling]` with the fields of kernels/rope.py's RopeScaling."""
     rms_norm_eps: float = 1e-5
     """Epsilon inside RMSNorm."""
     tie_word_embeddings: bool = True
@@ -57,6 +64,9 @@ class ModelConfig:
     """Add biases to the q/k/v projections (Qwen2 has them; Llama does not)."""
     head_dim: int = 0
     """Per-head width D; 0 means hidden_size // num_attention_heads."""
+    qk_norm: bool = False
+    """RMSNorm each query and key head (weights q_norm, k_norm of width D) before RoPE (Qwen3; keeps
+    attention logits bounded, Dehghani et al. 2023)."""
 
     # ---- Mixture-of-Experts (DeepSeekMoE); names follow the HF DeepSeek-V3 config ----
     n_routed_experts: int = 0
@@ -74,6 +84,9 @@ class ModelConfig:
     """Expert groups for group-limited routing; 1 = plain top-k over all experts."""
     topk_group: int = 1
     """Groups a token may pick experts from (with n_group > 1)."""
+    group_scoring: str = "top2_sum"
+    """How a group is ranked (with n_group > 1): top2_sum, the sum of its two best biased scores
+    (DeepSeek-V3 "noaux_tc"), or max, its best score (DeepSeek-V2 "group_limited_greedy")."""
     norm_topk_prob: bool = True
     """Renormalise the chosen experts' gates to sum to 1."""
     routed_scaling_factor: float = 1.0
@@ -125,6 +138,15 @@ class ModelConfig:
                      "moe_aux_loss_coef", "moe_bias_update_rate", "moe_capacity_factor"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        if self.qk_norm and self.kv_lora_rank:
+            raise ValueError("model.qk_norm applies to grouped-query attention; MLA (model.kv_lora_rank > 0) "
+                             "normalises its latents instead")
+        if not isinstance(self.rope_scaling, RopeScaling):
+            raise ValueError("model.rope_scaling must be a RopeScaling (a [model.rope_scaling] table), got "
+                             f"{type(self.rope_scaling).__name__}")
+        if self.group_scoring not in GROUP_SCORING:
+            raise ValueError(f"model.group_scoring must be one of {', '.join(GROUP_SCORING)}, "
+                             f"got '{self.group_scoring}'")
         if self.scoring_func not in SCORING:
             raise ValueError(f"model.scoring_func must be one of {', '.join(SCORING)}, got '{self.scoring_func}'")
         if self.moe_balance not in BALANCE:
@@ -185,6 +207,7 @@ class ModelConfig:
             attn += H * self.value_head_dim * C
         else:
             attn = C * H * D + 2 * C * K * D + H * D * C + (H * D + 2 * K * D if self.attention_bias else 0)
+            attn += 2 * D if self.qk_norm else 0
         experts = self.num_experts_per_tok if active else self.n_routed_experts
         moe = 3 * C * self.expert_size * (experts + self.n_shared_experts) + self.n_routed_experts * C
         total = 0
@@ -287,12 +310,16 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(C, self.n_kv * D, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(C, self.n_kv * D, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.n_head * D, C, bias=False)
+        if cfg.qk_norm:  # one weight of width D shared by all heads, as in HF Qwen3Attention
+            self.q_norm, self.k_norm = RMSNorm(D, cfg.rms_norm_eps), RMSNorm(D, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, cache: Cache | None, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, K, S, D)
@@ -407,7 +434,8 @@ class Transformer(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(start, start + T, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
-        cos, sin = ops.rope_cos_sin(position_ids, self.config.rope_head_dim, self.config.rope_theta, x.dtype)
+        cfg = self.config
+        cos, sin = ops.rope_cos_sin(position_ids, cfg.rope_head_dim, cfg.rope_theta, x.dtype, cfg.rope_scaling)
         mask = self._mask(B, T, start, attention_mask, input_ids.device)
         for block in self.model.layers:
             x = block(x, cos, sin, cache, mask)
