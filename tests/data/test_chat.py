@@ -31,7 +31,7 @@ def tok(data_dir):
 def test_loss_mask_covers_exactly_the_assistant_tokens(tok):
     ids, mask = render(CONVERSATION, tok)
     assert len(ids) == len(mask) and set(mask) == {0, 1}
-    assert ids == tok.encode(render_text(CONVERSATION))  # turn-by-turn encoding == whole-string encoding
+    assert ids == tok.encode(render_text(CONVERSATION, tok), allow_special=True)  # one rendering, one encoding
     # The masked tokens spell each assistant reply followed by its end-of-turn token, nothing else.
     spans, cur = [], []
     for i, m in zip(ids, mask, strict=True):
@@ -58,11 +58,12 @@ def test_generation_prompt_is_unmasked_and_ends_with_assistant_header(tok):
     assert tok.decode(ids).endswith("<|im_start|>assistant\n") and not any(mask)
 
 
-def test_jinja_template_matches_renderer():
+def test_jinja_template_matches_renderer(tok):
     jinja2 = pytest.importorskip("jinja2")
     template = jinja2.Environment().from_string(CHAT_TEMPLATE)
+    assert tok.chat_template == CHAT_TEMPLATE  # diji's own tokenizer renders ChatML
     for gen in (False, True):
-        assert template.render(messages=CONVERSATION, add_generation_prompt=gen) == render_text(CONVERSATION, gen)
+        assert template.render(messages=CONVERSATION, add_generation_prompt=gen) == render_text(CONVERSATION, tok, gen)
 
 
 def test_stored_chat_template_gives_the_same_ids_through_transformers(tok, data_dir, tmp_path):

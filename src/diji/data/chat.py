@@ -1,16 +1,42 @@
-"""The one conversation renderer: messages → (ids, loss_mask), shared by SFT, GRPO, eval and the server.
+"""The one conversation renderer: messages → (ids, loss_mask), shared by SFT, GRPO, eval, `chat` and the server.
 
-The format is ChatML (`<|im_start|>role\\ncontent<|im_end|>\\n`), the same string the Jinja
-CHAT_TEMPLATE below produces, so HF `apply_chat_template` on an exported checkpoint gives the same ids.
-Assistant turns may hold `<think>…</think>` reasoning before the answer (DeepSeek-R1's format); the tags
-are special tokens, so the renderer needs no special case and `split_reasoning` separates the two parts.
+A checkpoint's chat template is Jinja; we render it the way `transformers`' `apply_chat_template` does
+(a sandboxed Jinja environment with trim_blocks/lstrip_blocks, `raise_exception`, `tojson`,
+`strftime_now`, the tokenizer's named special tokens as variables) and tokenize the result without
+adding BOS/EOS, so the ids are token for token what transformers produces for the same conversation.
+diji's own checkpoints carry `CHAT_TEMPLATE` (ChatML), so they are one case of the same path.
+
+Two things go beyond rendering:
+
+* **Role injection.** A message may *contain* a control token's string (`hi<|im_end|>\n<|im_start|>system`).
+  Before rendering, every control token (`Tokenizer.control_tokens`) inside a message's text is wrapped
+  in private markers; after rendering, the marked stretches are encoded as plain text and the rest with
+  the template's real control tokens. The markers survive the template's own string tests (`'</think>' in
+  content` still holds), so templates behave as with the raw text. The reasoning tags `<think>`/`</think>`
+  are content the model writes and are not escaped. `allow_control_tokens=True` is for trusted callers.
+* **The loss mask.** Where the template marks assistant text with `{% generation %}…{% endgeneration %}`,
+  the mask equals transformers' `return_assistant_tokens_mask` (every token from the one holding the
+  block's first character to the one holding its last). Otherwise the rule is: an assistant turn's targets
+  are the characters that rendering the conversation up to and including that turn adds after the
+  longest prefix it shares with the generation prompt for that turn, up to the last non-whitespace
+  character (so the end-of-turn token is a target and the template's newline after it is not); a token
+  is a target only if it lies wholly inside that span (a token merging header and content stays
+  context). A turn the template renders differently once later turns follow (Qwen3 drops old reasoning)
+  is not a target; the final assistant turn always is.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from datetime import datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
-ROLES = ("system", "user", "assistant")
+log = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant", "tool")
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
@@ -20,19 +46,68 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+"""diji's own template: ChatML, the format diji-trained checkpoints learn."""
+
+# Private-use code points (plane 16) that mark escaped text and generation blocks inside a rendering;
+# removed from incoming text first, so no message can forge one.
+_ESC_OPEN, _ESC_CLOSE, _GEN_OPEN, _GEN_CLOSE = "\U0010fff0", "\U0010fff1", "\U0010fff2", "\U0010fff3"
+_MARKERS = re.compile("[\U0010fff0-\U0010fff3]")
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 
-class _Encoder(Protocol):
-    def encode(self, text: str) -> list[int]: ...
+class ChatTokenizer(Protocol):
+    """What the renderer needs (diji.data.tokenizer.Tokenizer provides it)."""
+
+    chat_template: str | None
+    special_tokens: dict[str, str]
+    control_tokens: tuple[str, ...]
+
+    def encode_with_offsets(self, text: str, allow_special: bool = False) -> tuple[list[int], list[tuple[int, int]]]: ...
 
 
-def render_text(messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
-    """The exact string CHAT_TEMPLATE renders (what the tokenizer sees)."""
-    out = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return out + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+@lru_cache(maxsize=16)
+def compile_template(source: str) -> Any:
+    """A chat template compiled in Jinja's immutable sandbox (templates come with downloaded models)."""
+    try:
+        import jinja2
+        from jinja2 import nodes
+        from jinja2.ext import Extension, loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:
+        from diji.errors import DijiError
+
+        raise DijiError("rendering a chat template needs jinja2: pip install jinja2") from e
+
+    class Generation(Extension):
+        """`{% generation %}…{% endgeneration %}`: wrap the block's output in markers we turn into spans."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_wrap"), [], [], body).set_lineno(lineno)
+
+        def _wrap(self, caller):
+            return _GEN_OPEN + caller() + _GEN_CLOSE
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise ValueError(f"the chat template does not parse: {e.message} (line {e.lineno})") from None
 
 
-def validate_messages(messages: Any) -> list[dict[str, str]]:
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
     """Check the OpenAI-style message list; raise ValueError naming the bad entry."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list of {role, content} objects")
@@ -79,35 +154,155 @@ def split_reasoning(text: str) -> tuple[str, str]:
     return reasoning, text[close + len(THINK_CLOSE) :]
 
 
-def render(
-    messages: list[dict[str, Any]], tokenizer: _Encoder, add_generation_prompt: bool = False
-) -> tuple[list[int], list[int]]:
-    """Token ids and a 0/1 loss mask that is 1 exactly on assistant content and its `<|im_end|>`.
+def _escape(value: Any, pattern: re.Pattern | None) -> Any:
+    """A copy of a message field with reserved markers removed and control tokens wrapped for text encoding."""
+    if isinstance(value, str):
+        value = _MARKERS.sub("", value)
+        return pattern.sub(lambda m: _ESC_OPEN + m.group(0) + _ESC_CLOSE, value) if pattern else value
+    if isinstance(value, dict):
+        return {k: _escape(v, pattern) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape(v, pattern) for v in value]
+    return value
 
-    Each turn starts with a special token, so encoding turn by turn equals encoding the whole string.
-    Within a turn the header is encoded alone; where BPE merges across the header/content boundary
-    (content starting with a newline) the straddling token counts as header, never as a target.
+
+def _prepare(messages: list[dict[str, Any]], tokenizer: ChatTokenizer, trusted: bool) -> list[dict[str, Any]]:
+    controls = () if trusted else tokenizer.control_tokens
+    pattern = re.compile("|".join(map(re.escape, controls))) if controls else None
+    out = []
+    for m in messages:
+        m = _escape(dict(m), pattern)
+        # Templates read reasoning under different names (as transformers aliases them).
+        found = next((m[f] for f in _REASONING_FIELDS if isinstance(m.get(f), str)), None)
+        if found is not None:
+            for f in _REASONING_FIELDS:
+                m.setdefault(f, found)
+        out.append(m)
+    return out
+
+
+def _render_marked(messages, tokenizer: ChatTokenizer, add_generation_prompt: bool, kwargs: dict) -> str:
+    template = tokenizer.chat_template
+    if not template:
+        raise ValueError("this tokenizer has no chat template; add `chat_template` to its tokenizer_config.json")
+    import jinja2
+
+    try:
+        return compile_template(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt,
+            **{"tools": None, "documents": None, **tokenizer.special_tokens, **kwargs})
+    except jinja2.exceptions.TemplateError as e:
+        raise ValueError(f"the chat template refused the conversation: {e}") from None
+
+
+def _unmark(marked: str) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
+    """Remove markers: (clean text, escaped spans, generation spans), spans in clean-text characters."""
+    clean: list[str] = []
+    pos, esc, gen = 0, [], []
+    esc_start = gen_start = 0
+    last = 0
+    for m in _MARKERS.finditer(marked):
+        piece = marked[last : m.start()]
+        clean.append(piece)
+        pos += len(piece)
+        last = m.end()
+        ch = m.group(0)
+        if ch == _ESC_OPEN:
+            esc_start = pos
+        elif ch == _ESC_CLOSE:
+            esc.append((esc_start, pos))
+        elif ch == _GEN_OPEN:
+            gen_start = pos
+        else:
+            gen.append((gen_start, pos))
+    clean.append(marked[last:])
+    return "".join(clean), esc, gen
+
+
+def render_text(messages: list[dict[str, Any]], tokenizer: ChatTokenizer, add_generation_prompt: bool = False,
+                template_kwargs: dict | None = None) -> str:
+    """The exact string the checkpoint's chat template renders for `messages`."""
+    validate_messages(messages)
+    marked = _render_marked(_prepare(messages, tokenizer, True), tokenizer, add_generation_prompt, template_kwargs or {})
+    return _unmark(marked)[0]
+
+
+def _encode(text: str, escaped: list[tuple[int, int]], tokenizer: ChatTokenizer):
+    """Encode `text`, the escaped spans as plain text and the rest with control tokens; ids and offsets."""
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    cuts = [0]
+    for a, b in escaped:
+        cuts += [a, b]
+    cuts.append(len(text))
+    for k in range(len(cuts) - 1):
+        a, b = cuts[k], cuts[k + 1]
+        if a >= b:
+            continue
+        part_ids, part_off = tokenizer.encode_with_offsets(text[a:b], allow_special=bool(k % 2 == 0))
+        ids += part_ids
+        offsets += [(s + a, e + a) for s, e in part_off]
+    return ids, offsets
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def assistant_spans(messages: list[dict[str, Any]], tokenizer: ChatTokenizer, full: str,
+                    template_kwargs: dict | None = None) -> list[tuple[int, int]]:
+    """Character spans of the assistant turns in `full` by the prefix rule (module docstring)."""
+    kw = template_kwargs or {}
+    msgs = _prepare(messages, tokenizer, True)
+    spans, skipped = [], 0
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        upto = _unmark(_render_marked(msgs[: i + 1], tokenizer, False, kw))[0]
+        if not full.startswith(upto):
+            skipped += 1
+            continue
+        prompt = _unmark(_render_marked(msgs[:i], tokenizer, True, kw))[0] if i else ""
+        start, end = _common_prefix(prompt, upto), len(upto.rstrip())
+        if start < end:
+            spans.append((start, end))
+    if skipped:
+        log.debug("chat template renders %d earlier assistant turn(s) differently later on; not trained on", skipped)
+    return spans
+
+
+def render(
+    messages: list[dict[str, Any]], tokenizer: ChatTokenizer, add_generation_prompt: bool = False,
+    template_kwargs: dict | None = None, allow_control_tokens: bool = False,
+) -> tuple[list[int], list[int]]:
+    """Token ids and a 0/1 loss mask that is 1 exactly on the assistant tokens (module docstring's rule).
+
+    Control-token strings inside the messages are encoded as text unless `allow_control_tokens`.
     """
     validate_messages(messages)
-    ids: list[int] = []
-    mask: list[int] = []
-    for m in messages:
-        header = f"<|im_start|>{m['role']}\n"
-        turn = tokenizer.encode(header + m["content"] + "<|im_end|>")
-        nl = tokenizer.encode("\n")
-        if m["role"] == "assistant":
-            head = tokenizer.encode(header)
-            k = 0
-            while k < len(head) and k < len(turn) and head[k] == turn[k]:
-                k += 1
-            mask += [0] * k + [1] * (len(turn) - k)
-        else:
-            mask += [0] * len(turn)
-        ids += turn
-        ids += nl
-        mask += [0] * len(nl)
-    if add_generation_prompt:
-        gen = tokenizer.encode("<|im_start|>assistant\n")
-        ids += gen
-        mask += [0] * len(gen)
+    kw = template_kwargs or {}
+    marked = _render_marked(_prepare(messages, tokenizer, allow_control_tokens), tokenizer, add_generation_prompt, kw)
+    text, escaped, gen = _unmark(marked)
+    ids, offsets = _encode(text, escaped, tokenizer)
+    mask = [0] * len(ids)
+    if gen:  # transformers' rule: from the token holding the first character to the one holding the last
+        for a, b in gen:
+            if b <= a:
+                continue
+            first = next((t for t, (s, e) in enumerate(offsets) if s <= a < e), None)
+            last = next((t for t, (s, e) in enumerate(offsets) if s <= b - 1 < e), None)
+            if first is not None:
+                for t in range(first, (last if last is not None else len(ids) - 1) + 1):
+                    mask[t] = 1
+    elif any(m["role"] == "assistant" for m in messages):
+        for a, b in assistant_spans(messages, tokenizer, text if not add_generation_prompt else
+                                    _unmark(_render_marked(_prepare(messages, tokenizer, True), tokenizer,
+                                                           False, kw))[0], kw):
+            for t, (s, e) in enumerate(offsets):
+                if s >= a and e <= b and e > s:
+                    mask[t] = 1
     return ids, mask
