@@ -15,6 +15,7 @@ import torch
 
 from diji.data.chat import CHAT_TEMPLATE
 from diji.data.tokenizer import train_tokenizer
+from diji.kernels.rope import RopeScaling
 from diji.model.commands import export_hf, import_hf
 from diji.model.generate import SamplingParams, generate
 from diji.model.transformer import ModelConfig, Transformer
@@ -202,27 +203,50 @@ def test_sharded_checkpoint_imports(tmp_path, tokenizer_dir):
         assert (hf_model(x).logits - ours(x)).abs().max().item() <= TOL
 
 
-DIJI_NATIVE = {
-    "llama": ModelConfig(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64),
-    "qwen2": ModelConfig(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
-                         attention_bias=True, tie_word_embeddings=False),
-    "deepseek_v3": ModelConfig(vocab_size=V, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
-                               intermediate_size=96, max_position_embeddings=64, kv_lora_rank=16, q_lora_rank=20,
-                               qk_rope_head_dim=8, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
-                               first_k_dense_replace=1, n_group=4, topk_group=2, routed_scaling_factor=1.5),
+TINY = dict(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=64)
+YARN = RopeScaling("yarn", factor=4.0, original_max_position_embeddings=16, mscale=0.8, mscale_all_dim=0.6)
+DIJI_NATIVE = {  # name: (the model_type it must be written as, a diji config)
+    "llama": ("llama", ModelConfig(**TINY)),
+    "qwen2": ("qwen2", ModelConfig(**TINY, attention_bias=True, tie_word_embeddings=False)),
+    "deepseek_v3": ("deepseek_v3", ModelConfig(
+        **{**TINY, "num_hidden_layers": 3, "intermediate_size": 96}, kv_lora_rank=16, q_lora_rank=20,
+        qk_rope_head_dim=8, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1,
+        n_group=4, topk_group=2, routed_scaling_factor=1.5)),
+    "llama3_rope": ("llama", ModelConfig(**TINY, rope_scaling=RopeScaling(
+        "llama3", factor=8.0, original_max_position_embeddings=16, low_freq_factor=1.0, high_freq_factor=4.0))),
+    "qwen2_yarn": ("qwen2", ModelConfig(**TINY, attention_bias=True, rope_scaling=YARN)),
+    "qwen3": ("qwen3", ModelConfig(**TINY, qk_norm=True, head_dim=16, tie_word_embeddings=False)),
+    "qwen3_moe": ("qwen3_moe", ModelConfig(
+        **TINY, qk_norm=True, n_routed_experts=6, num_experts_per_tok=2, moe_intermediate_size=16,
+        first_k_dense_replace=1, scoring_func="softmax", moe_balance="aux_loss", tie_word_embeddings=False)),
+    "deepseek_v2": ("deepseek_v2", ModelConfig(
+        **{**TINY, "num_hidden_layers": 3}, kv_lora_rank=16, q_lora_rank=0, qk_rope_head_dim=8, n_routed_experts=8,
+        n_shared_experts=2, num_experts_per_tok=2, first_k_dense_replace=1, n_group=4, topk_group=2,
+        group_scoring="max", scoring_func="softmax", norm_topk_prob=False, moe_balance="aux_loss",
+        routed_scaling_factor=1.5, rope_scaling=YARN)),
+    "deepseek_v3_yarn": ("deepseek_v3", ModelConfig(
+        **TINY, kv_lora_rank=12, q_lora_rank=20, qk_rope_head_dim=8, n_routed_experts=4, num_experts_per_tok=2,
+        rope_scaling=YARN)),
 }
 
 
-@pytest.mark.parametrize("family", DIJI_NATIVE)
-def test_diji_checkpoint_loads_in_transformers_with_equal_logits(family, tmp_path, tokenizer_dir):
-    model = Transformer(DIJI_NATIVE[family])
+@pytest.mark.parametrize("name", DIJI_NATIVE)
+def test_diji_checkpoint_loads_in_transformers_with_equal_logits(name, tmp_path, tokenizer_dir):
+    model_type, cfg = DIJI_NATIVE[name]
+    model = Transformer(cfg)
     randomise(model, seed=3)
+    if model_type in ("qwen3_moe", "deepseek_v2"):  # families without a routing bias: diji's stays at zero
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.zero_()
     ckpt = save_checkpoint(tmp_path / "ckpt", model, tokenizer_dir / "tokenizer.json", {"step": 0})
-    assert json.loads((ckpt / "config.json").read_text())["model_type"] == family
+    assert json.loads((ckpt / "config.json").read_text())["model_type"] == model_type
+    read = load_checkpoint(ckpt).model.config  # diji reads back what it wrote (derived widths may be made explicit)
+    fields = ("rope_scaling", "qk_norm", "scoring_func", "norm_topk_prob", "group_scoring", "moe_balance")
+    assert [getattr(read, f) for f in fields] == [getattr(cfg, f) for f in fields]
     back = transformers.AutoModelForCausalLM.from_pretrained(export_hf(ckpt, tmp_path / "hf")).eval()
-    x = torch.randint(3, V, (2, 16))
+    x = torch.randint(3, V, (2, 40))  # beyond the scaled configs' original 16-token context
     with torch.no_grad():
         assert (back(x).logits - model.eval()(x)).abs().max().item() <= TOL
     assert hf_greedy(back, PROMPTS) == diji_greedy(model, PROMPTS)

@@ -119,3 +119,72 @@ def test_left_padded_batch_matches_unpadded_rows():
         out = m(ids, position_ids=pos, attention_mask=mask)
         assert (out[0, 4:] - m(a)[0]).abs().max() < 1e-5
         assert (out[1] - m(b)[0]).abs().max() < 1e-5
+
+
+def test_new_config_fields_round_trip_through_toml_and_old_configs_keep_their_defaults():
+    import tomllib
+
+    from diji.config import dumps_toml, from_dict, to_dict
+    from diji.kernels.rope import RopeScaling
+    from diji.model.hf import from_hf_config
+
+    cfg = ModelConfig(**{**TINY.__dict__, "qk_norm": True, "head_dim": 24, "rope_scaling": RopeScaling(
+        "yarn", factor=4.0, original_max_position_embeddings=32, mscale=0.7, mscale_all_dim=0.7)})
+    assert hash(cfg) == hash(ModelConfig(**cfg.__dict__))  # frozen all the way down
+    text = dumps_toml({"model": to_dict(cfg)})
+    assert "[model.rope_scaling]" in text
+    assert from_dict(ModelConfig, tomllib.loads(text)["model"]) == cfg
+    # A checkpoint written before these fields existed (model_type "diji", no rope_scaling / qk_norm keys)
+    old = {k: v for k, v in to_dict(TINY).items() if k not in ("rope_scaling", "qk_norm", "group_scoring")}
+    assert from_hf_config({"model_type": "diji", **old}) == TINY
+    assert TINY.rope_scaling == RopeScaling() and not TINY.qk_norm
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"qk_norm": True, "kv_lora_rank": 16}, "qk_norm"),
+        ({"group_scoring": "mean"}, "group_scoring"),
+        ({"rope_scaling": {"rope_type": "yarn"}}, "rope_scaling"),
+    ],
+)
+def test_bad_new_fields_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**{**TINY.__dict__, **kwargs})
+
+
+def test_qk_norm_normalises_each_head_before_rope():
+    """With q/k norms every query and key head has RMS 1 (times the norm weight) before rotation, so scaling
+    the q/k projections leaves the output unchanged — the point of QK-norm."""
+    cfg = ModelConfig(**{**TINY.__dict__, "qk_norm": True, "rms_norm_eps": 1e-12})  # eps would blur the invariance
+    m = _seeded(cfg, 4)
+    assert cfg.num_params() == sum(p.numel() for p in m.parameters())
+    x = torch.randint(0, cfg.vocab_size, (2, 10))
+    with torch.no_grad():
+        before = m(x)
+        for blk in m.model.layers:
+            blk.self_attn.q_proj.weight.mul_(7.0)
+            blk.self_attn.k_proj.weight.mul_(0.2)
+        torch.testing.assert_close(m(x), before, rtol=1e-4, atol=1e-4)
+
+
+def test_family_maps_configs_to_the_model_type_that_computes_them():
+    from diji.model.hf import NATIVE, family
+
+    moe = {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16}
+    mla = {"kv_lora_rank": 16, "qk_rope_head_dim": 8}
+    cases = [
+        ({}, "llama"), ({"attention_bias": True}, "qwen2"), ({"qk_norm": True}, "qwen3"),
+        ({"qk_norm": True, **moe, "scoring_func": "softmax", "moe_balance": "aux_loss"}, "qwen3_moe"),
+        ({**mla}, "deepseek_v3"), ({**mla, **moe}, "deepseek_v3"),
+        ({**mla, **moe, "scoring_func": "softmax", "norm_topk_prob": False, "moe_balance": "none"}, "deepseek_v2"),
+        # no transformers equivalent: each says why
+        ({"qk_norm": True, "attention_bias": True}, NATIVE), ({**moe}, NATIVE),
+        ({"qk_norm": True, **moe, "scoring_func": "softmax", "moe_balance": "bias"}, NATIVE),
+        ({**mla, **moe, "scoring_func": "softmax", "moe_balance": "none"}, NATIVE),  # V2 never renormalises
+        ({**mla, **moe, "n_group": 2, "group_scoring": "max"}, NATIVE),
+    ]
+    for kwargs, want in cases:
+        got, why = family(ModelConfig(**{**TINY.__dict__, **kwargs}))
+        assert got == want, kwargs
+        assert bool(why) == (want == NATIVE), kwargs

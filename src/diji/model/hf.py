@@ -208,7 +208,15 @@ def add_zero_routing_bias(state: dict[str, torch.Tensor]) -> None:
 
 
 def drop_routing_bias(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if not k.endswith("mlp.gate.e_score_correction_bias")}
+    """Remove the (zero) routing bias for a family that has none; a non-zero one would change routing."""
+    out = {}
+    for k, v in state.items():
+        if not k.endswith("mlp.gate.e_score_correction_bias"):
+            out[k] = v
+        elif v.any():
+            raise ValueError(f"{k} is non-zero but this model family routes without a bias; writing it would "
+                             "change the routing (set model.moe_balance = bias to keep it, as model_type diji)")
+    return out
 
 
 def to_hf_config(cfg: ModelConfig, bos_id: int, eos_id: Any, pad_id: Any, extra: dict | None = None) -> dict:
