@@ -9,6 +9,11 @@ import sys
 from diji.errors import DijiError
 
 
+def _stop_ids(tok) -> tuple[int, ...]:
+    ids = getattr(tok, "stop_ids", None)  # the tokenizer's own list (every EOS + end of turn) when it has one
+    return tuple(ids) if ids else (tok.eos_id, tok.im_end_id)
+
+
 def _generate(args: argparse.Namespace) -> int:
     from diji.compute.device import select_device
     from diji.data.tokenizer import Tokenizer
@@ -23,7 +28,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise DijiError("the prompt is empty; pass some text with --prompt")
     try:
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, stop_ids=(tok.eos_id, tok.im_end_id),
+                                top_k=args.top_k, top_p=args.top_p, stop_ids=_stop_ids(tok),
                                 seed=args.seed)
     except ValueError as e:
         raise DijiError(str(e)) from None
@@ -51,12 +56,19 @@ def _serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     policy = load_policy(args.policy, args.set)
     try:
-        api_key = args.api_key if args.api_key is not None else os.environ.get("DIJI_API_KEY", "")
-        cfg = ServeConfig(host=args.host, port=args.port, api_key=api_key, model_name=args.model_name,
-                          engine=EngineConfig(max_batch_size=args.max_batch_size))
+        keys = args.api_key if args.api_key else [k for k in os.environ.get("DIJI_API_KEY", "").split(",") if k]
+        cfg = ServeConfig(
+            host=args.host, port=args.port, api_key=keys[0] if keys else "", api_keys=tuple(keys[1:]),
+            metrics_key=args.metrics_key or os.environ.get("DIJI_METRICS_KEY", ""), model_name=args.model_name,
+            max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout, request_timeout_s=args.request_timeout,
+            max_connections=args.max_connections, max_seqs_per_request=args.max_seqs_per_request,
+            max_queue=args.max_queue, max_stop_chars=args.max_stop_chars, docs=args.docs,
+            allowed_hosts=tuple(h.lower() for h in args.allowed_host), cors_origins=tuple(args.cors_origin),
+            engine=EngineConfig(max_batch_size=args.max_batch_size, max_model_len=args.max_model_len,
+                                max_prefill_tokens=args.max_prefill_tokens))
     except ValueError as e:
         raise DijiError(str(e)) from None
-    server = load_server(args.checkpoint, cfg, policy, device=args.device)
+    server = load_server(args.checkpoint, cfg, policy, device=args.device, dtype=args.dtype)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         print(f"diji: warning: serving on {cfg.host} without --api-key; anyone who can reach it can use it",
               file=sys.stderr)
@@ -81,12 +93,31 @@ def register(sub) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every /v1 call "
-                   "(default: the DIJI_API_KEY environment variable, else none)")
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every path but /health; repeat for one key per "
+                   "client (default: the comma-separated DIJI_API_KEY environment variable, else none)")
+    p.add_argument("--metrics-key", default="", help="a key that may read /metrics only (or DIJI_METRICS_KEY)")
     p.add_argument("--model-name", default="", help="the name clients pass as 'model' (default: checkpoint dir name)")
     p.add_argument("--policy", default=None, help="safety policy TOML (see examples/policy.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a policy key")
-    p.add_argument("--max-batch-size", type=int, default=32, help="sequences decoded together")
+    p.add_argument("--max-batch-size", type=int, default=32, help="sequences decoded together (KV-cache slots)")
+    p.add_argument("--max-model-len", type=int, default=0,
+                   help="longest prompt + reply per sequence (0 = the model's context); sizes the KV cache")
+    p.add_argument("--max-prefill-tokens", type=int, default=4096, help="prompt tokens per prefill step")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights and KV cache precision (default: the checkpoint's)")
+    p.add_argument("--max-seqs-per-request", type=int, default=64, help="prompts × n allowed in one request")
+    p.add_argument("--max-queue", type=int, default=256, help="sequences waiting for a slot before 503")
+    p.add_argument("--max-connections", type=int, default=256, help="concurrent connections before 503")
+    p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="largest request body (413 above)")
+    p.add_argument("--body-timeout", type=float, default=10.0, help="seconds to receive a body (408 after)")
+    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds a generation may take (504)")
+    p.add_argument("--max-stop-chars", type=int, default=256, help="longest stop string accepted")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="HOST",
+                   help="Host header accepted (repeatable; default: loopback names when bound to loopback)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="browser origin allowed to call the API (repeatable; default: none)")
+    p.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json (behind the key)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for the model (0 = torch's default)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_serve)

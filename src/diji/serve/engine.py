@@ -700,8 +700,7 @@ class AsyncEngine:
                     self._sinks.clear()
                     self._live.clear()
         except BaseException as e:  # SystemExit, KeyboardInterrupt, MemoryError…: the thread is going away
-            self._die(e)
-            raise
+            self._die(e)  # (not re-raised: the thread ends either way, and _die has logged it)
         finally:
             if not self._stop and self._dead is None:
                 self._die(RuntimeError("the engine loop exited"))

@@ -6,6 +6,7 @@ response id. This joins the two and writes `{"messages": [..., {"role": "assista
 the format `diji train sft` reads. A conversation is exported when its latest rating is at least
 `min_rating`, it finished for an allowed reason (by default only "stop": a reply cut by max_tokens or
 by the content filter is not an example to imitate), and the same conversation was not exported yet.
+A vote counts only when it comes from the key (or client) the response was made for.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def export_flywheel(audit_dir: str | Path, out: str | Path, min_rating: int = 1,
     ratings: dict[str, int] = {}
     for r in records:  # files and lines are in time order: the latest vote wins
         if r.get("type") == "feedback" and r.get("id") in chats and r.get("rating") in (1, -1):
+            owner = chats[r["id"]].get("key_id")
+            if owner is not None and r.get("key_id") != owner:
+                continue  # only the caller who got the reply may rate it (the server checks this too)
             ratings[r["id"]] = r["rating"]
     stats = FlywheelStats(requests=len(chats), rated=len(ratings))
     seen: set[str] = set()

@@ -1,9 +1,11 @@
 """The OpenAI wire format: validating request bodies and shaping responses, with no I/O.
 
 Validation is by hand rather than by pydantic models so that every failure is one `ApiError` with the
-OpenAI error shape, status 400 and the offending parameter named, and so that fields we do not know
-(`presence_penalty`, `user`, vendor extensions) are ignored rather than rejected — clients written
-against other servers send them. Response shapes follow the OpenAI API reference for
+OpenAI error shape, status 400 and the offending parameter named. No field is silently ignored: each
+endpoint has a list of the fields it honours (`COMPLETION_FIELDS`, `CHAT_FIELDS`); any other field with
+a non-null value — `tools`, `suffix`, a vendor extension — is refused with a 400 naming it, because an
+agent framework that sends `tools` and gets plain text back breaks in ways that are hard to trace.
+Response shapes follow the OpenAI API reference for
 `/v1/completions` (legacy) and `/v1/chat/completions`, including `echo` + `logprobs` as
 lm-evaluation-harness reads them (sums `token_logprobs[ctxlen:-1]`, compares against `top_logprobs`).
 """
@@ -17,6 +19,36 @@ from typing import Any
 MAX_N = 16
 MAX_LOGPROBS = 20
 MAX_STOP = 16
+MAX_LOGIT_BIAS = 300
+
+_SAMPLING_FIELDS = {"model", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream",
+                    "stream_options", "presence_penalty", "frequency_penalty", "logit_bias", "user",
+                    "response_format"}
+COMPLETION_FIELDS = frozenset(_SAMPLING_FIELDS | {"prompt", "echo", "logprobs", "best_of", "suffix"})
+CHAT_FIELDS = frozenset(_SAMPLING_FIELDS | {"messages", "max_completion_tokens", "logprobs", "top_logprobs",
+                                            "tools", "tool_choice", "parallel_tool_calls"})
+TOKENIZE_FIELDS = frozenset({"model", "prompt", "messages", "add_generation_prompt", "add_special_tokens",
+                             "return_token_strs"})
+DETOKENIZE_FIELDS = frozenset({"model", "tokens"})
+FEEDBACK_FIELDS = frozenset({"id", "rating", "comment"})
+
+
+def parse_int_literal(text: str) -> int | float:
+    """`json.loads(parse_int=...)`: integers of more than 30 digits become ±inf, which every integer
+    field refuses with a 400 — instead of a ValueError from Python's 4,300-digit int limit (a 500)."""
+    digits = len(text) - text.startswith("-")
+    if digits > 30:
+        return float("-inf") if text.startswith("-") else float("inf")
+    return int(text)
+
+
+def check_fields(body: dict, allowed: frozenset[str], why: dict[str, str] | None = None) -> None:
+    """Refuse any field this endpoint does not honour (null values count as absent)."""
+    for name, value in body.items():
+        if name not in allowed and value is not None:
+            hint = (why or {}).get(name, "this server does not implement it")
+            raise ApiError(400, f"unsupported parameter {str(name)[:60]!r}: {hint}", param=str(name)[:60],
+                           code="unsupported_parameter")
 
 
 class ApiError(Exception):
@@ -68,7 +100,7 @@ def parse_bool(body: dict, name: str, default: bool = False) -> bool:
     return v
 
 
-def _stop(body: dict) -> tuple[str, ...]:
+def _stop(body: dict, max_chars: int) -> tuple[str, ...]:
     v = body.get("stop")
     if v is None:
         return ()
@@ -76,7 +108,40 @@ def _stop(body: dict) -> tuple[str, ...]:
         v = [v]
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v) or len(v) > MAX_STOP:
         raise _bad("stop", f"must be a string or a list of at most {MAX_STOP} strings")
+    if any(len(s) > max_chars for s in v):
+        raise _bad("stop", f"each stop string may have at most {max_chars} characters")
     return tuple(s for s in v if s)
+
+
+def _logit_bias(body: dict, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    v = body.get("logit_bias")
+    if v is None:
+        return ()
+    if not isinstance(v, dict) or len(v) > MAX_LOGIT_BIAS:
+        raise _bad("logit_bias", f"must be an object of at most {MAX_LOGIT_BIAS} token ids to biases")
+    out = []
+    for k, b in v.items():
+        if not (isinstance(k, str) and k.isdigit() and len(k) < 10 and int(k) < vocab_size):
+            raise _bad("logit_bias", f"keys must be token ids in [0, {vocab_size}), got {str(k)[:20]!r}")
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not -100 <= b <= 100:
+            raise _bad("logit_bias", "biases must be numbers in [-100, 100]")
+        out.append((int(k), float(b)))
+    return tuple(out)
+
+
+def _json_mode(body: dict) -> bool:
+    v = body.get("response_format")
+    if v is None:
+        return False
+    kind = v.get("type") if isinstance(v, dict) else None
+    if kind == "text":
+        return False
+    if kind == "json_object":
+        return True
+    if kind == "json_schema":
+        raise ApiError(400, "'response_format': type 'json_schema' is not supported; use 'json_object'",
+                       param="response_format", code="unsupported_parameter")
+    raise _bad("response_format", "must be {'type': 'text'} or {'type': 'json_object'}")
 
 
 @dataclass(frozen=True)
@@ -90,9 +155,14 @@ class Sampling:
     seed: int | None
     stream: bool
     include_usage: bool
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    json_mode: bool = False
 
 
-def parse_sampling(body: dict, max_tokens_names: tuple[str, ...]) -> Sampling:
+def parse_sampling(body: dict, max_tokens_names: tuple[str, ...], vocab_size: int = 1 << 31,
+                   max_stop_chars: int = 256) -> Sampling:
     max_tokens = None
     for name in max_tokens_names:
         got = _int(body, name, None, 0)
@@ -107,26 +177,65 @@ def parse_sampling(body: dict, max_tokens_names: tuple[str, ...]) -> Sampling:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63):
         raise _bad("seed", "must be a 64-bit integer")
-    return Sampling(
+    if opts:
+        check_fields(opts, frozenset({"include_usage"}))
+    user = body.get("user")
+    if user is not None and not (isinstance(user, str) and len(user) <= 256):
+        raise _bad("user", "must be a string of at most 256 characters")
+    samp = Sampling(
         max_tokens=max_tokens,
         temperature=_float(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         top_k=max(0, top_k or 0),
         n=_int(body, "n", 1, 1, MAX_N) or 1,
-        stop=_stop(body),
+        stop=_stop(body, max_stop_chars),
         seed=seed,
         stream=stream,
         include_usage=bool(stream and opts and parse_bool(opts, "include_usage")),
+        presence_penalty=_float(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_float(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        logit_bias=_logit_bias(body, vocab_size),
+        json_mode=_json_mode(body),
     )
+    if samp.json_mode and samp.stop:
+        raise _bad("stop", "cannot be combined with response_format json_object (a stop string could cut "
+                   "the JSON)")
+    return samp
 
 
-def parse_prompts(value: Any, encode, vocab_size: int) -> list[list[int]]:
+def check_completion_extras(body: dict, n: int) -> None:
+    """`best_of` and `suffix` are honoured only in their no-op forms."""
+    best = _int(body, "best_of", None, 1, MAX_N)
+    if best is not None and best != n:
+        raise ApiError(400, "'best_of' other than n is not supported", param="best_of", code="unsupported_parameter")
+    if body.get("suffix") not in (None, ""):
+        raise ApiError(400, "'suffix' (insertion) is not supported", param="suffix", code="unsupported_parameter")
+
+
+def check_tools(body: dict, template_has_tools: bool) -> None:
+    """Tool calling: refused with a 400 naming the field unless it is a no-op (no tools, choice none)."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    why = ("this model's chat template has no tool support" if not template_has_tools
+           else "tool calls are not implemented by this server")
+    if tools not in (None, []):
+        raise ApiError(400, f"'tools': {why}", param="tools", code="unsupported_parameter")
+    if choice not in (None, "none"):
+        raise ApiError(400, f"'tool_choice': {why}", param="tool_choice", code="unsupported_parameter")
+    if body.get("parallel_tool_calls") not in (None, False, True) or (
+            body.get("parallel_tool_calls") is not None and tools):
+        raise ApiError(400, f"'parallel_tool_calls': {why}", param="parallel_tool_calls",
+                       code="unsupported_parameter")
+
+
+def parse_prompts(value: Any, encode, vocab_size: int, max_prompts: int = 256) -> list[list[int]]:
     """`prompt` as a string, list of strings, list of token ids or list of such lists → token-id lists."""
     def ids(x: Any) -> list[int]:
-        if not x or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in x):
+        if not x or not all(type(t) is int and 0 <= t < vocab_size for t in x):
             raise _bad("prompt", f"token ids must be a non-empty list of integers in [0, {vocab_size})")
         return list(x)
 
+    if isinstance(value, list) and len(value) > max_prompts:
+        raise _bad("prompt", f"at most {max_prompts} prompts per request")
     if isinstance(value, str):
         prompts = [encode(value)]
     elif isinstance(value, list) and value and all(isinstance(p, str) for p in value):
@@ -139,8 +248,6 @@ def parse_prompts(value: Any, encode, vocab_size: int) -> list[list[int]]:
         raise _bad("prompt", "must be a string, a list of strings, a list of token ids or a list of such lists")
     if any(not p for p in prompts):
         raise _bad("prompt", "is empty")
-    if len(prompts) > 256:
-        raise _bad("prompt", "at most 256 prompts per request")
     return prompts
 
 
@@ -152,6 +259,9 @@ def parse_messages(value: Any) -> list[dict[str, str]]:
     for i, m in enumerate(value):
         if not isinstance(m, dict):
             raise _bad("messages", f"messages[{i}] must be an object")
+        extra = sorted(str(k)[:40] for k, v in m.items() if k not in ("role", "content") and v is not None)
+        if extra:
+            raise _bad("messages", f"messages[{i}].{extra[0]} is not supported (only role and content)")
         role, content = m.get("role"), m.get("content")
         if role == "developer":
             role = "system"

@@ -6,17 +6,27 @@ endpoints GET /tokenizer_info, POST /tokenize, POST /detokenize in vLLM's format
 lm-evaluation-harness uses so that clients need no tokenizer files.
 
 Every error is {"error": {"message", "type", "param", "code"}}: 400 bad JSON / parameters / prompt too
-long, 401 missing or wrong key (compared in constant time), 404 unknown model or path, 413 oversize
-body, 429 rate limited. A client that disconnects has its request aborted and its cache slot freed.
+long / unsupported field, 401 missing or wrong key (compared in constant time), 404 unknown model, path
+or response id, 408 body not received in time, 413 oversize body, 415 not JSON, 421 unknown Host, 429
+rate limited, 503 queue full or engine stopped (both with Retry-After). A client that disconnects has
+its request aborted and its cache slot freed; that is not an error (counted as 499, no traceback).
+
+Hardening, all in one ASGI wrapper in front of the routes (`_Gate`): the Host header must name this
+server (DNS-rebinding defence; loopback names by default when bound to loopback), the API key is checked
+for every path but /health, POST bodies must be JSON, CORS answers only configured origins, and every
+request is counted in /metrics and written to the audit log with the status the client really got.
 """
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import json
 import logging
 import threading
 import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,15 +35,21 @@ from typing import Any
 from diji.data.chat import CHAT_TEMPLATE, render
 from diji.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from diji.errors import DijiError
-from diji.safety.audit import AuditLog, key_id
-from diji.safety.policy import Decision, Moderator, Policy, RateLimiter
+from diji.safety.audit import AuditLog, key_id, new_salt
+from diji.safety.policy import Decision, Moderator, Policy, RateLimit, RateLimiter
 from diji.serve import protocol as P
-from diji.serve.engine import AsyncEngine, Engine, EngineConfig, Event, GenParams
+from diji.serve.engine import AsyncEngine, Engine, EngineConfig, EngineDead, Event, GenParams
+from diji.serve.json_constraint import token_texts
 
 log = logging.getLogger(__name__)
 
 # nginx's status for "client closed the request": never seen by the client, but counted in metrics.
 CLIENT_CLOSED = 499
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+JSON_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/feedback", "/tokenize", "/detokenize"})
+AUDIT_NAMES = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/feedback": "feedback",
+               "/tokenize": "tokenize", "/detokenize": "detokenize", "/tokenizer_info": "tokenizer_info",
+               "/v1/models": "models"}
 
 
 @dataclass(frozen=True)
@@ -43,23 +59,52 @@ class ServeConfig:
     port: int = 8000
     """TCP port; 0 picks a free one."""
     api_key: str = ""
-    """When set, every /v1 and tokenizer call needs `Authorization: Bearer <api_key>`."""
+    """When set, every path except /health needs `Authorization: Bearer <api_key>` (or Basic auth with
+    the key as password, which browsers prompt for on the chat page)."""
+    api_keys: tuple[str, ...] = ()
+    """More keys accepted like `api_key` (one per client: feedback and rate limits are per key)."""
+    metrics_key: str = ""
+    """A second key accepted on /metrics only, for a scraper that must not be able to generate."""
     model_name: str = ""
     """Name clients pass as `model`; empty means the checkpoint directory's name."""
     max_body_bytes: int = 4 << 20
     """Largest request body accepted; bigger ones get 413."""
+    body_timeout_s: float = 10.0
+    """A request body not fully received in this many seconds gets 408 (slow-body clients)."""
+    request_timeout_s: float = 600.0
+    """A generation still unfinished after this many seconds is ended with 504."""
+    max_connections: int = 256
+    """Concurrent connections and requests; beyond it uvicorn answers 503 at once."""
+    max_seqs_per_request: int = 64
+    """Most sequences one request may start (prompts × n)."""
+    max_queue: int = 256
+    """Most sequences waiting for a cache slot; a request that would exceed it gets 503 + Retry-After."""
+    max_stop_chars: int = 256
+    """Longest stop string accepted."""
+    offload_bytes: int = 32 << 10
+    """Bodies larger than this are parsed, tokenised and moderated on a worker thread, not the event loop."""
     default_max_tokens: int = 512
     """Chat `max_tokens` when the client gives none (further capped by the context left)."""
+    docs: bool = False
+    """Serve /docs and /openapi.json (behind the key when there is one)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host header values accepted (without port); empty: the loopback names when listening on loopback,
+    else any (set it when exposing the server: a DNS-rebinding page sends its own host name)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the API from a browser; empty: none (same-origin only)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Batching limits of the engine."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if self.max_body_bytes <= 0:
-            raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
-        if self.default_max_tokens <= 0:
-            raise ValueError(f"default_max_tokens must be positive, got {self.default_max_tokens}")
+        for name in ("max_body_bytes", "default_max_tokens", "max_connections", "max_seqs_per_request",
+                     "max_queue", "max_stop_chars", "offload_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("body_timeout_s", "request_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive seconds, got {getattr(self, name)}")
 
 
 def _fastapi():
@@ -86,11 +131,40 @@ class _Choice:
     last_time: float = 0.0
 
 
+class _Gone(Exception):
+    """The client went away while we read its body: nobody to answer, nothing to log."""
+
+
+def _stop_ids(tok: Tokenizer) -> tuple[int, ...]:
+    """Every id that ends a chat reply (the tokenizer's own list once it has one)."""
+    ids = getattr(tok, "stop_ids", None)
+    return tuple(ids) if ids else (tok.eos_id, tok.im_end_id)
+
+
+def _encode_prompt(tok: Tokenizer, text: str) -> list[int]:
+    """A completion prompt is the caller's own raw text (no turn of anyone else's to forge), so special
+    token strings in it are the special tokens, as in vLLM; chat messages never get this (render())."""
+    try:
+        return tok.encode(text, allow_special=True)
+    except TypeError:  # a tokenizer whose encode always parses special tokens
+        return tok.encode(text)
+
+
+def _is_special_fn(tok: Tokenizer):
+    fn = getattr(tok, "is_special", None)
+    if fn is not None:
+        return fn
+    specials = set(SPECIAL_TOKENS)
+    return lambda i: tok.decode([i]) in specials
+
+
 class Server:
     """Everything a request handler needs, passed explicitly (no globals)."""
 
     # (This module has no `from __future__ import annotations`: FastAPI resolves a handler's parameter
     # annotations at runtime, and `fastapi.Request` is imported lazily inside build_app.)
+
+    MAX_REMEMBERED = 100_000
 
     def __init__(self, model, tokenizer: Tokenizer, cfg: ServeConfig, policy: Policy | None = None,
                  model_name: str = "diji") -> None:
@@ -102,11 +176,22 @@ class Server:
         self.created = int(time.time())
         self.moderator = Moderator(self.policy)
         self.limiter = RateLimiter(self.policy.rate_limit)
-        self.audit = AuditLog(self.policy.audit.dir or None, self.policy.audit.log_text)
+        fb = self.policy.rate_limit.feedback_per_minute
+        self.feedback_limiter = RateLimiter(RateLimit(requests_per_minute=fb, burst_requests=int(fb)))
+        a = self.policy.audit
+        self.audit = AuditLog(a.dir or None, a.log_text, a.max_file_bytes, a.keep_files)
+        self.salt = new_salt()  # per run: key ids in the audit log cannot be linked across runs
         self.metrics = ServeMetrics()
         self.vocab_size = model.config.vocab_size
+        self.chat_template = getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE
+        self.template_has_tools = "tools" in self.chat_template
         self._token_str_cache: dict[int, str] = {}
-        engine = Engine(model, tokenizer.decode, cfg.engine)
+        self._responses: OrderedDict[str, str] = OrderedDict()  # response id → the caller who got it
+        self._responses_lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="diji-cpu")
+        vocab = self.vocab_size
+        engine = Engine(model, tokenizer.decode, cfg.engine,
+                        json_vocab=lambda: token_texts(tokenizer.decode, vocab, _is_special_fn(tokenizer)))
         self.max_model_len = engine.max_model_len
         self.engine = AsyncEngine(engine, on_step=self._on_step)
 
@@ -116,24 +201,54 @@ class Server:
         self.metrics.queue_depth.set(self.engine.num_waiting)
         self.metrics.running.set(self.engine.num_running)
 
+    async def cpu(self, size: int, fn, *args):
+        """Run `fn` on a worker thread when the input is large, so that the event loop keeps answering."""
+        if size <= self.cfg.offload_bytes:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
     def token_str(self, tid: int) -> str:
         s = self._token_str_cache.get(tid)
         if s is None:
             s = self._token_str_cache[tid] = self.tok.decode([tid])
         return s
 
-    def authorize(self, request) -> str:
-        """Check the bearer key (constant-time); returns the caller's id for rate limits and audit:
-        the hashed key, or without keys the hashed client address."""
-        if not self.cfg.api_key:
-            return key_id("addr:" + (request.client.host if request.client else "unknown"))
-        auth = request.headers.get("authorization", "")
-        scheme, _, given = auth.partition(" ")
-        # hmac.compare_digest takes time independent of where the strings differ (no timing oracle).
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.cfg.api_key.encode()):
-            raise P.ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                             code="invalid_api_key")
-        return key_id(self.cfg.api_key)
+    def caller(self, headers: dict[str, str], client_host: str, path: str) -> str | None:
+        """The caller's id for rate limits, audit and feedback (salted hash of the key, or without keys
+        of the client address); None when a key is required and not given."""
+        keys = [k for k in (self.cfg.api_key, *self.cfg.api_keys) if k]
+        if not keys:
+            return key_id("addr:" + client_host, self.salt)
+        given = _credential(headers.get("authorization", ""))
+        if given is not None:
+            # hmac.compare_digest takes time independent of where the strings differ (no timing oracle);
+            # every key is compared, so the time does not tell which one matched either.
+            hits = [k for k in keys if hmac.compare_digest(given.encode(), k.encode())]
+            if hits:
+                return key_id(hits[0], self.salt)
+        if (path == "/metrics" and self.cfg.metrics_key and given is not None
+                and hmac.compare_digest(given.encode(), self.cfg.metrics_key.encode())):
+            return key_id("metrics:" + self.cfg.metrics_key, self.salt)
+        return None
+
+    def host_allowed(self, host: str) -> bool:
+        name = host.strip().lower()
+        if name.startswith("["):  # [::1]:8000
+            name = name[1 : name.find("]")] if "]" in name else name
+        elif name.count(":") == 1:
+            name = name.rsplit(":", 1)[0]
+        allowed = self.cfg.allowed_hosts or (LOOPBACK if self.cfg.host in LOOPBACK else ())
+        return not allowed or name in allowed or "*" in allowed
+
+    def remember(self, rid: str, who: str) -> None:
+        with self._responses_lock:
+            self._responses[rid] = who
+            while len(self._responses) > self.MAX_REMEMBERED:
+                self._responses.popitem(last=False)
+
+    def owner(self, rid: str) -> str | None:
+        with self._responses_lock:
+            return self._responses.get(rid)
 
     def check_model(self, body: dict) -> None:
         name = body.get("model")
@@ -141,13 +256,11 @@ class Server:
             raise P.ApiError(404, f"model {str(name)[:100]!r} does not exist; this server serves {self.model_name!r}",
                              param="model", code="model_not_found")
 
-    def rate_limit(self, who: str, tokens: int, rid: str, endpoint: str) -> None:
+    def rate_limit(self, who: str, tokens: int, info: dict) -> None:
         wait = self.limiter.acquire(who, tokens)
         if wait:
             self.metrics.rate_limited.inc()
-            self.audit.request(id=rid, key_id=who, endpoint=endpoint, status=429, prompt_tokens=0,
-                               completion_tokens=0, decisions=[{"stage": "input", "action": "rate_limit",
-                                                                "rule": "token_bucket"}])
+            info["decisions"] = [{"stage": "input", "action": "rate_limit", "rule": "token_bucket"}]
             retry = "never (the request is larger than the bucket)" if wait == float("inf") else f"{wait:.1f} s"
             err = P.ApiError(429, f"rate limit exceeded; retry after {retry}", code="rate_limit_exceeded",
                              type_="rate_limit_error")
@@ -164,27 +277,66 @@ class Server:
                              f"model's context of {self.max_model_len} tokens", param="max_tokens",
                              code="context_length_exceeded")
 
+    def check_load(self, sequences: int, samp: P.Sampling, max_tokens: int) -> None:
+        """Per-request and queue limits, checked before anything is submitted."""
+        if sequences > self.cfg.max_seqs_per_request:
+            raise P.ApiError(400, f"this request asks for {sequences} sequences (prompts × n); this server "
+                             f"allows {self.cfg.max_seqs_per_request} per request", param="n",
+                             code="too_many_sequences")
+        if samp.json_mode and max_tokens < 2:
+            raise P.ApiError(400, "response_format json_object needs max_tokens >= 2 (the reply is at least '{}')",
+                             param="max_tokens")
+        if not self.engine.alive:
+            raise _unavailable()
+        waiting = self.engine.num_waiting
+        if waiting + sequences > self.cfg.max_queue:
+            err = P.ApiError(503, f"the server is busy ({waiting} sequences waiting); retry later",
+                             type_="server_error", code="server_overloaded")
+            err.retry_after = 1 + waiting / max(1, self.cfg.engine.max_batch_size)
+            raise err
+
     # ---- the shared generation path --------------------------------------------------------------
     async def run(self, rid: str, prompts: list[list[int]], params: GenParams, n: int, arrived: float):
         """Submit prompts and yield (choice, new_text) as text becomes final; choices finish in place."""
         q: asyncio.Queue = asyncio.Queue()
         choices = [_Choice(pi * n + i, p, self.moderator.guard()) for pi, p in enumerate(prompts) for i in range(n)]
         sub_ids = [f"{rid}/{pi}" for pi in range(len(prompts))]
-        for sid, p in zip(sub_ids, prompts, strict=True):
-            self.engine.submit(sid, p, params, n, q)
-            self.metrics.prompt_tokens.inc(len(p) * n)
+        slot_of = {sid: k for k, sid in enumerate(sub_ids)}
+        submitted = []
         open_ = len(choices)
         first = True
+        deadline = time.monotonic() + self.cfg.request_timeout_s
         try:
+            for sid, p in zip(sub_ids, prompts, strict=True):
+                try:
+                    self.engine.submit(sid, p, params, n, q)
+                except EngineDead:
+                    raise _unavailable() from None
+                submitted.append(sid)
+                self.metrics.prompt_tokens.inc(len(p) * n)
             while open_:
-                item = await q.get()
+                try:
+                    # Every wait is bounded: a stopped engine or a lost event must not hang a client.
+                    item = await asyncio.wait_for(q.get(), timeout=1.0)
+                except TimeoutError:
+                    if not self.engine.alive:
+                        raise _unavailable() from None
+                    if time.monotonic() > deadline:
+                        raise P.ApiError(504, f"generation did not finish within {self.cfg.request_timeout_s:g} s",
+                                         type_="server_error", code="timeout") from None
+                    continue
+                if isinstance(item, EngineDead):
+                    raise _unavailable()
                 if isinstance(item, ValueError):  # the engine's own check of a request that does not fit
                     raise P.ApiError(400, str(item))
                 if isinstance(item, BaseException):  # logged by the engine thread
                     raise P.ApiError(500, f"the engine failed on this request ({type(item).__name__}); "
                                      "see the server log", type_="server_error", code="engine_error")
                 ev: Event = item
-                c = choices[sub_ids.index(ev.request_id) * n + ev.index]
+                if ev.error is not None:  # this request's own sequence failed; others are unaffected
+                    raise P.ApiError(500, f"generation failed for choice {ev.index}; see the server log",
+                                     type_="server_error", code="engine_error")
+                c = choices[slot_of[ev.request_id] * n + ev.index]
                 if c.finish_reason is not None:
                     continue
                 now = time.perf_counter()
@@ -209,7 +361,7 @@ class Server:
                 if c.guard.blocked is not None:
                     # One blocked choice ends the whole request: the others stop with it.
                     self.metrics.blocked.labels("output").inc()
-                    for sid in sub_ids:
+                    for sid in submitted:
                         self.engine.abort(sid)
                     ended = [x for x in choices if x.finish_reason is None]
                     for x in ended:
@@ -226,14 +378,40 @@ class Server:
                     yield c, new
         finally:
             if open_:  # the client went away or we failed: free the engine's slots now
-                for sid in sub_ids:
+                for sid in submitted:
                     self.engine.abort(sid)
 
     def gen_params(self, s: P.Sampling, max_tokens: int, stop_ids: tuple[int, ...], logprobs: int | None,
                    prompt_logprobs: int | None) -> GenParams:
         return GenParams(max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                          stop=s.stop, stop_ids=stop_ids, seed=s.seed, logprobs=logprobs,
-                         prompt_logprobs=prompt_logprobs)
+                         prompt_logprobs=prompt_logprobs, presence_penalty=s.presence_penalty,
+                         frequency_penalty=s.frequency_penalty, logit_bias=s.logit_bias, json_mode=s.json_mode)
+
+    def close(self) -> None:
+        self.engine.close()
+        self.audit.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _unavailable() -> P.ApiError:
+    err = P.ApiError(503, "the inference engine has stopped; the server must be restarted (see its log)",
+                     type_="server_error", code="engine_unavailable")
+    err.retry_after = 30
+    return err
+
+
+def _credential(auth: str) -> str | None:
+    """The key from `Bearer KEY` or from Basic auth's password (what a browser sends for the page)."""
+    scheme, _, value = auth.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return None
 
 
 def _ttft(choices: list[_Choice], arrived: float) -> float | None:
@@ -245,19 +423,10 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _read_json(request, limit: int) -> dict:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise P.ApiError(413, f"request body over {limit} bytes", code="request_too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise P.ApiError(413, f"request body over {limit} bytes", code="request_too_large")
-        chunks.append(chunk)
+def _parse_json(raw: bytes) -> dict:
     try:
-        body = json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        body = json.loads(raw, parse_int=P.parse_int_literal)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # JSONDecodeError is a ValueError
         raise P.ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise P.ApiError(400, "the request body must be a JSON object", code="invalid_json")
@@ -266,7 +435,38 @@ async def _read_json(request, limit: int) -> dict:
     except UnicodeEncodeError:
         raise P.ApiError(400, "the request contains an unpaired surrogate (invalid Unicode)",
                          code="invalid_json") from None
+    except (ValueError, RecursionError):
+        raise P.ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
     return body
+
+
+async def _read_json(request, server: Server) -> tuple[dict, int]:
+    """The body as a JSON object and its size; 408/413/400 as the case may be."""
+    from starlette.requests import ClientDisconnect
+
+    limit = server.cfg.max_body_bytes
+    length = request.headers.get("content-length")
+    if length is not None and (len(length) > 15 or not length.isdigit() or int(length) > limit):
+        raise P.ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+    chunks, size = [], 0
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise P.ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout=server.cfg.body_timeout_s)
+    except TimeoutError:
+        raise P.ApiError(408, f"the request body did not arrive within {server.cfg.body_timeout_s:g} s",
+                         code="request_timeout") from None
+    except ClientDisconnect:
+        raise _Gone() from None
+    raw = b"".join(chunks)
+    return await server.cpu(len(raw), _parse_json, raw), len(raw)
 
 
 async def _wait_disconnect(request) -> None:
@@ -302,14 +502,104 @@ async def _collect(request, gen) -> list[_Choice] | None:
     return [seen[i] for i in sorted(seen)]
 
 
+class _Gate:
+    """ASGI wrapper in front of the routes: Host check, API key, JSON content type, CORS, metrics and
+    the audit record of every request (with the status actually sent; 499 when the client left)."""
+
+    def __init__(self, app, server: Server, known: set[str]) -> None:
+        self.app, self.S, self.known = app, server, known
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        S = self.S
+        path = scope.get("path", "")
+        endpoint = path if path in self.known else ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        info: dict[str, Any] = {}
+        scope["diji.audit"] = info
+        state = {"code": 0, "done": False}
+
+        async def send_wrapper(msg):
+            if msg["type"] == "http.response.start":
+                state["code"] = msg["status"]
+                origin = headers.get("origin")
+                if origin and origin in S.cfg.cors_origins:
+                    msg = {**msg, "headers": [*msg.get("headers", []),
+                                              (b"access-control-allow-origin", origin.encode("latin-1")),
+                                              (b"vary", b"Origin")]}
+            elif msg["type"] == "http.response.body" and not msg.get("more_body", False):
+                state["done"] = True
+            await send(msg)
+
+        try:
+            refusal = self.check(scope, path, headers, info)
+            if refusal is not None:
+                await self.answer(send_wrapper, *refusal)
+            else:
+                await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # Starlette has already answered 500 (see _internal) and re-raises for the server's log;
+            # logging it here instead keeps uvicorn from dropping the connection.
+            log.exception("unhandled error in %s", path)
+            if not state["code"]:
+                await self.answer(send_wrapper, 500, P.ApiError(500, "internal server error", type_="server_error"))
+        finally:
+            code = state["code"] if state["done"] else CLIENT_CLOSED
+            code = info.get("status", code)  # an error reported in-band in a stream that began as 200
+            S.metrics.requests.labels(endpoint, str(code)).inc()
+            name = AUDIT_NAMES.get(path) or ("models" if path.startswith("/v1/models/") else "other")
+            if path not in ("/", "/health", "/metrics"):  # page loads, probes and scrapes are not requests
+                fields = {k: v for k, v in info.items() if k not in ("status", "id", "who")}
+                S.audit.request(id=info.get("id") or S.engine.next_id("req"), key_id=info.get("who"),
+                                endpoint=name, status=code, **fields)
+
+    def check(self, scope, path: str, headers: dict[str, str], info: dict):
+        """(status, error, extra headers) for a request refused before routing, else None."""
+        S = self.S
+        if not S.host_allowed(headers.get("host", "")):
+            return 421, P.ApiError(421, "this Host is not served here; add it with --allowed-host",
+                                   code="host_not_allowed"), {}
+        method = scope.get("method", "GET")
+        origin = headers.get("origin")
+        if method == "OPTIONS" and origin and origin in S.cfg.cors_origins:
+            return 204, None, {"access-control-allow-methods": "GET, POST, OPTIONS",  # + origin: send_wrapper
+                               "access-control-allow-headers": "authorization, content-type",
+                               "access-control-max-age": "600"}
+        client = scope.get("client") or ("unknown", 0)
+        who = S.caller(headers, str(client[0]), path)
+        if path != "/health" and who is None:
+            extra = {"www-authenticate": 'Basic realm="diji"' if path == "/" else "Bearer"}
+            return 401, P.ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                                   code="invalid_api_key"), extra
+        info["who"] = who
+        scope["diji.who"] = who
+        if method == "POST" and path in JSON_ROUTES:
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
+                return 415, P.ApiError(415, "send the body as JSON with 'Content-Type: application/json'",
+                                       code="unsupported_media_type"), {}
+        return None
+
+    @staticmethod
+    async def answer(send, status: int, err: P.ApiError | None, extra: dict[str, str] | None = None) -> None:
+        body = b"" if err is None else json.dumps(err.body()).encode()
+        hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        hdrs += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": body})
+
+
 def build_app(server: Server):
     """The FastAPI application over a `Server`."""
     fastapi = _fastapi()
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-    app = fastapi.FastAPI(title="diji", version="1", docs_url=None, redoc_url=None)
     S = server
+    docs = S.cfg.docs
+    app = fastapi.FastAPI(title="diji", version="1", docs_url="/docs" if docs else None, redoc_url=None,
+                          openapi_url="/openapi.json" if docs else None)
 
     def error_response(e: P.ApiError) -> JSONResponse:
         headers = {}
@@ -321,66 +611,43 @@ def build_app(server: Server):
     async def _api_error(request, e: P.ApiError):
         return error_response(e)
 
+    @app.exception_handler(_Gone)
+    async def _gone(request, e):
+        return Response(status_code=CLIENT_CLOSED)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e):
         code = "not_found" if e.status_code == 404 else None
         return error_response(P.ApiError(e.status_code, str(e.detail), code=code))
 
     @app.exception_handler(Exception)
-    async def _internal(request, e):  # a bug: answer in the same shape (logged by the wrapper below)
+    async def _internal(request, e):  # a bug: answer in the same shape (logged by the gate)
         return JSONResponse(P.ApiError(500, "internal server error", type_="server_error").body(), status_code=500)
 
-    # Requests by endpoint and status, counted by a pure ASGI wrapper: Starlette's BaseHTTPMiddleware
-    # would buffer streams and hide client disconnects from the handlers.
     known = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/feedback",
              "/tokenize", "/detokenize", "/tokenizer_info"}
     inner = app.build_middleware_stack
+    # A pure ASGI wrapper: Starlette's BaseHTTPMiddleware would buffer streams and hide client
+    # disconnects from the handlers.
+    app.build_middleware_stack = lambda: _Gate(inner(), S, known)
 
-    def build_stack():
-        wrapped = inner()
-
-        async def counting(scope, receive, send):
-            if scope["type"] != "http":
-                return await wrapped(scope, receive, send)
-            path = scope.get("path", "")
-            endpoint = path if path in known else ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
-            status = {"code": 0}
-
-            async def send_wrapper(msg):
-                if msg["type"] == "http.response.start":
-                    status["code"] = msg["status"]
-                await send(msg)
-
-            try:
-                await wrapped(scope, receive, send_wrapper)
-            except Exception:
-                # Starlette has already answered 500 (see _internal) and re-raises for the server's log;
-                # logging it here instead keeps uvicorn from dropping the connection.
-                log.exception("unhandled error in %s", path)
-                if not status["code"]:
-                    status["code"] = 500
-                    body = json.dumps(P.ApiError(500, "internal server error", type_="server_error").body())
-                    await send({"type": "http.response.start", "status": 500,
-                                "headers": [(b"content-type", b"application/json")]})
-                    await send({"type": "http.response.body", "body": body.encode()})
-            finally:
-                S.metrics.requests.labels(endpoint, str(status["code"] or CLIENT_CLOSED)).inc()
-
-        return counting
-
-    app.build_middleware_stack = build_stack
+    def who(request) -> str:
+        return request.scope.get("diji.who") or key_id("unknown", S.salt)
 
     # ---- plain endpoints ----------------------------------------------------------------------
     page = resources.files("diji.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
     @app.get("/", include_in_schema=False)
     async def index():
-        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self' 'unsafe-inline'"})
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self' 'unsafe-inline'",
+                                           "X-Frame-Options": "DENY"})
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": S.model_name, "running": S.engine.num_running,
-                "waiting": S.engine.num_waiting}
+        """Liveness only: 503 once the engine thread has stopped."""
+        if not S.engine.alive:
+            return JSONResponse({"status": "engine_stopped"}, status_code=503, headers={"Retry-After": "30"})
+        return {"status": "ok", "running": S.engine.num_running, "waiting": S.engine.num_waiting}
 
     @app.get("/metrics")
     async def metrics():
@@ -394,95 +661,132 @@ def build_app(server: Server):
                 "max_model_len": S.max_model_len}
 
     @app.get("/v1/models")
-    async def models(request: fastapi.Request):
-        S.authorize(request)
+    async def models():
         return {"object": "list", "data": [model_card()]}
 
     @app.get("/v1/models/{name:path}")
-    async def model(name: str, request: fastapi.Request):
-        S.authorize(request)
+    async def model(name: str):
         if name != S.model_name:
             raise P.ApiError(404, f"model {name[:100]!r} does not exist", param="model", code="model_not_found")
         return model_card()
 
     # ---- tokenizer endpoints (vLLM's shapes, read by lm-eval's RemoteTokenizer) -----------------
+    def special(name: str, tid: int | None) -> str | None:
+        named = getattr(S.tok, "special_tokens", None)
+        if isinstance(named, dict) and name in named:
+            return named[name]
+        return None if tid is None else SPECIAL_TOKENS[tid]
+
     @app.get("/tokenizer_info")
-    async def tokenizer_info(request: fastapi.Request):
-        S.authorize(request)
-        return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": SPECIAL_TOKENS[S.tok.bos_id],
-                "eos_token": SPECIAL_TOKENS[S.tok.eos_id], "pad_token": SPECIAL_TOKENS[S.tok.pad_id],
-                "chat_template": CHAT_TEMPLATE, "model_max_length": S.max_model_len,
+    async def tokenizer_info():
+        return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": special("bos_token", S.tok.bos_id),
+                "eos_token": special("eos_token", S.tok.eos_id), "pad_token": special("pad_token", S.tok.pad_id),
+                "chat_template": S.chat_template, "model_max_length": S.max_model_len,
                 "vocab_size": S.tok.vocab_size, "add_bos_token": False}
 
     @app.post("/tokenize")
     async def tokenize(request: fastapi.Request):
-        S.authorize(request)
-        body = await _read_json(request, S.cfg.max_body_bytes)
+        body, size = await _read_json(request, S)
+        P.check_fields(body, P.TOKENIZE_FIELDS)
+        S.check_model(body)
+        add = P.parse_bool(body, "add_generation_prompt", True)
+        # add_special_tokens: diji's encode adds none (no BOS is configured), so True and False agree.
+        P.parse_bool(body, "add_special_tokens")
         if "messages" in body:
             messages = P.parse_messages(body["messages"])
-            add = body.get("add_generation_prompt", True)
-            ids = render(messages, S.tok, add_generation_prompt=bool(add))[0]
+            ids = (await S.cpu(size, render, messages, S.tok, add))[0]
         elif isinstance(body.get("prompt"), str):
-            ids = S.tok.encode(body["prompt"])
+            ids = await S.cpu(size, _encode_prompt, S.tok, body["prompt"])
         else:
             raise P.ApiError(400, "'prompt' must be a string (or pass 'messages')", param="prompt")
         out: dict[str, Any] = {"count": len(ids), "max_model_len": S.max_model_len, "tokens": ids}
-        if body.get("return_token_strs") is True:
-            out["token_strs"] = [S.token_str(i) for i in ids]
+        if P.parse_bool(body, "return_token_strs"):
+            out["token_strs"] = await S.cpu(size, lambda: [S.token_str(i) for i in ids])
         return out
 
     @app.post("/detokenize")
     async def detokenize(request: fastapi.Request):
-        S.authorize(request)
-        body = await _read_json(request, S.cfg.max_body_bytes)
+        body, size = await _read_json(request, S)
+        P.check_fields(body, P.DETOKENIZE_FIELDS)
+        S.check_model(body)
         ids = body.get("tokens")
-        if not isinstance(ids, list) or not all(
-                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < S.vocab_size for t in ids):
+        if not isinstance(ids, list) or not all(type(t) is int and 0 <= t < S.vocab_size for t in ids):
             raise P.ApiError(400, f"'tokens' must be a list of token ids in [0, {S.vocab_size})", param="tokens")
-        return {"prompt": S.tok.decode(ids)}
+        return {"prompt": await S.cpu(size, S.tok.decode, ids)}
 
     # ---- feedback ----------------------------------------------------------------------------------
     @app.post("/v1/feedback")
     async def feedback(request: fastapi.Request):
-        who = S.authorize(request)
-        body = await _read_json(request, S.cfg.max_body_bytes)
+        caller = who(request)
+        body, _ = await _read_json(request, S)
+        P.check_fields(body, P.FEEDBACK_FIELDS)
         rid, rating, comment = body.get("id"), body.get("rating"), body.get("comment", "")
         if not isinstance(rid, str) or not 0 < len(rid) <= 128:
             raise P.ApiError(400, "'id' must be the response id (a string)", param="id")
         rating = {"up": 1, "down": -1}.get(rating, rating) if isinstance(rating, str) else rating
         if isinstance(rating, bool) or rating not in (1, -1):
             raise P.ApiError(400, "'rating' must be 1 / -1 (or 'up' / 'down')", param="rating")
+        if comment is None:
+            comment = ""
         if not isinstance(comment, str):
             raise P.ApiError(400, "'comment' must be a string", param="comment")
-        S.audit.feedback(rid, rating, comment[:2000], who)
+        wait = S.feedback_limiter.acquire(caller, 0)
+        if wait:
+            err = P.ApiError(429, "too much feedback; retry later", code="rate_limit_exceeded",
+                             type_="rate_limit_error")
+            err.retry_after = wait
+            raise err
+        # Only the caller who received a response may rate it: otherwise anyone could up-vote any
+        # conversation into the flywheel's SFT export.
+        owner = S.owner(rid)
+        if owner is None or not hmac.compare_digest(owner, caller):
+            raise P.ApiError(404, "no response with this id was made for your key (or it is too old)",
+                             param="id", code="response_not_found")
+        S.audit.feedback(rid, rating, comment[:2000], caller)
         return {"id": rid, "stored": S.audit.enabled}
+
+    def start(request, prefix: str) -> tuple[str, str, dict]:
+        """A fresh response id, the caller, and the audit record to fill."""
+        rid = S.engine.next_id(prefix)
+        info = request.scope.get("diji.audit", {})
+        info["id"] = rid
+        return rid, who(request), info
 
     # ---- completions ------------------------------------------------------------------------------
     @app.post("/v1/completions")
     async def completions(request: fastapi.Request):
         arrived = time.perf_counter()
-        who = S.authorize(request)
-        body = await _read_json(request, S.cfg.max_body_bytes)
+        rid, caller, info = start(request, "cmpl")
+        body, size = await _read_json(request, S)
+        P.check_fields(body, P.COMPLETION_FIELDS)
         S.check_model(body)
-        samp = P.parse_sampling(body, ("max_tokens",))
+        samp = P.parse_sampling(body, ("max_tokens",), S.vocab_size, S.cfg.max_stop_chars)
+        P.check_completion_extras(body, samp.n)
         echo = P.parse_bool(body, "echo")
         logprobs = P.parse_logprobs_completions(body)
         if "prompt" not in body:
             raise P.ApiError(400, "'prompt' is required", param="prompt", code="missing")
-        prompts = P.parse_prompts(body["prompt"], S.tok.encode, S.vocab_size)
         max_tokens = 16 if samp.max_tokens is None else samp.max_tokens
-        for p in prompts:
-            S.check_length(p, max_tokens)
-        rid = S.engine.next_id("cmpl")
-        decision = S.moderator.check_input([S.tok.decode(p) for p in prompts])
-        S.rate_limit(who, sum(len(p) + max_tokens * samp.n for p in prompts), rid, "completions")
+        n_prompts = len(body["prompt"]) if isinstance(body["prompt"], list) and body["prompt"] and not all(
+            type(t) is int for t in body["prompt"]) else 1
+        S.check_load(n_prompts * samp.n, samp, max_tokens)
+
+        def prepare():
+            prompts = P.parse_prompts(body["prompt"], lambda t: _encode_prompt(S.tok, t), S.vocab_size)
+            for p in prompts:
+                S.check_length(p, max_tokens)
+            texts = [S.tok.decode(p) for p in prompts]
+            return prompts, texts, S.moderator.check_input(texts)
+
+        prompts, texts, decision = await S.cpu(size, prepare)
+        S.rate_limit(caller, sum(len(p) + max_tokens * samp.n for p in prompts), info)
+        S.remember(rid, caller)
         base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": S.model_name}
         n_prompt = sum(len(p) for p in prompts) * samp.n
+        info.update(prompt_tokens=n_prompt, completion_tokens=0, prompt=texts)
         if decision.action == "block":
             S.metrics.blocked.labels("input").inc()
-            S.audit.request(id=rid, key_id=who, endpoint="completions", status=200, prompt_tokens=n_prompt,
-                            completion_tokens=0, finish_reasons=["content_filter"], decisions=[vars(decision)],
-                            prompt=[S.tok.decode(p) for p in prompts])
+            info.update(finish_reasons=["content_filter"], decisions=[vars(decision)])
             choices = [{"index": i, "text": "", "logprobs": None, "finish_reason": "content_filter"}
                        for i in range(len(prompts) * samp.n)]
             return {**base, "choices": choices, "usage": P.usage(n_prompt, 0)}
@@ -490,15 +794,13 @@ def build_app(server: Server):
                               logprobs if (echo and logprobs is not None) else None)
         gen = S.run(rid, prompts, params, samp.n, arrived)
 
-        def finish_audit(chs, status=200):
+        def finish_audit(chs):
             done = sum(len(c.tokens) for c in chs)
-            S.limiter.refund(who, max_tokens * len(chs) - done)
+            S.limiter.refund(caller, max_tokens * len(prompts) * samp.n - done)
             S.metrics.latency.observe(time.perf_counter() - arrived)
-            S.audit.request(id=rid, key_id=who, endpoint="completions", status=status, prompt_tokens=n_prompt,
-                            completion_tokens=done, latency_s=round(time.perf_counter() - arrived, 4),
-                            ttft_s=_ttft(chs, arrived), finish_reasons=[c.finish_reason for c in chs],
-                            decisions=[vars(d) for c in chs for d in c.guard.decisions()],
-                            prompt=[S.tok.decode(p) for p in prompts], output=[c.text for c in chs])
+            info.update(completion_tokens=done, latency_s=round(time.perf_counter() - arrived, 4),
+                        ttft_s=_ttft(chs, arrived), finish_reasons=[c.finish_reason for c in chs],
+                        decisions=[vars(d) for c in chs for d in c.guard.decisions()], output=[c.text for c in chs])
 
         def choice_logprobs(c, start: int = 0, with_prompt: bool = echo) -> dict | None:
             """Legacy logprobs of generated tokens from `start` on, after the prompt's when echoing."""
@@ -531,6 +833,7 @@ def build_app(server: Server):
                                     "usage": P.usage(n_prompt, sum(len(c.tokens) for c in chs.values()))})
                     yield b"data: [DONE]\n\n"
                 except P.ApiError as e:  # headers are gone: report in-band, as OpenAI streams do
+                    info["status"] = e.status
                     yield _sse(e.body())
                     yield b"data: [DONE]\n\n"
                 finally:
@@ -553,31 +856,33 @@ def build_app(server: Server):
     @app.post("/v1/chat/completions")
     async def chat(request: fastapi.Request):
         arrived = time.perf_counter()
-        who = S.authorize(request)
-        body = await _read_json(request, S.cfg.max_body_bytes)
+        rid, caller, info = start(request, "chatcmpl")
+        body, size = await _read_json(request, S)
+        P.check_fields(body, P.CHAT_FIELDS)
         S.check_model(body)
+        P.check_tools(body, S.template_has_tools)
         if "messages" not in body:
             raise P.ApiError(400, "'messages' is required", param="messages", code="missing")
         messages = P.parse_messages(body["messages"])
-        samp = P.parse_sampling(body, ("max_completion_tokens", "max_tokens"))
+        samp = P.parse_sampling(body, ("max_completion_tokens", "max_tokens"), S.vocab_size, S.cfg.max_stop_chars)
         logprobs = P.parse_logprobs_chat(body)
-        ids = render(messages, S.tok, add_generation_prompt=True)[0]
+        ids = (await S.cpu(size, render, messages, S.tok, True))[0]
         room = S.max_model_len - len(ids)
         max_tokens = samp.max_tokens if samp.max_tokens is not None else max(0, min(S.cfg.default_max_tokens, room))
         S.check_length(ids, max_tokens)
-        rid = S.engine.next_id("chatcmpl")
-        decision: Decision = S.moderator.check_input([m["content"] for m in messages])
-        S.rate_limit(who, len(ids) + max_tokens * samp.n, rid, "chat")
+        S.check_load(samp.n, samp, max_tokens)
+        decision: Decision = await S.cpu(size, S.moderator.check_input, [m["content"] for m in messages])
+        S.rate_limit(caller, len(ids) + max_tokens * samp.n, info)
+        S.remember(rid, caller)
         base = {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": S.model_name}
         chunk = {**base, "object": "chat.completion.chunk"}
         n_prompt = len(ids) * samp.n
+        info.update(prompt_tokens=n_prompt, completion_tokens=0, messages=messages)
 
-        def audit(chs_text, finish, completion_tokens, decisions, ttft=None, status=200):
+        def audit(chs_text, finish, completion_tokens, decisions, ttft=None):
             S.metrics.latency.observe(time.perf_counter() - arrived)
-            S.audit.request(id=rid, key_id=who, endpoint="chat", status=status, prompt_tokens=n_prompt,
-                            completion_tokens=completion_tokens,
-                            latency_s=round(time.perf_counter() - arrived, 4), ttft_s=ttft, finish_reasons=finish,
-                            decisions=decisions, messages=messages, output=chs_text)
+            info.update(completion_tokens=completion_tokens, latency_s=round(time.perf_counter() - arrived, 4),
+                        ttft_s=ttft, finish_reasons=finish, decisions=decisions, output=chs_text)
 
         if decision.action == "block":
             S.metrics.blocked.labels("input").inc()
@@ -601,12 +906,12 @@ def build_app(server: Server):
                                          "logprobs": None, "finish_reason": "content_filter"} for i in range(samp.n)],
                     "usage": P.usage(n_prompt, 0)}
 
-        params = S.gen_params(samp, max_tokens, (S.tok.eos_id, S.tok.im_end_id), logprobs, None)
+        params = S.gen_params(samp, max_tokens, _stop_ids(S.tok), logprobs, None)
         gen = S.run(rid, [ids], params, samp.n, arrived)
 
         def finish(chs):
             done = sum(len(c.tokens) for c in chs)
-            S.limiter.refund(who, max_tokens * len(chs) - done)
+            S.limiter.refund(caller, max_tokens * samp.n - done)
             audit([c.text for c in chs], [c.finish_reason for c in chs], done,
                   [vars(d) for c in chs for d in c.guard.decisions()], _ttft(chs, arrived))
 
@@ -636,6 +941,7 @@ def build_app(server: Server):
                         yield _sse({**chunk, "choices": [], "usage": P.usage(n_prompt, done)})
                     yield b"data: [DONE]\n\n"
                 except P.ApiError as e:  # headers are gone: report in-band, as OpenAI streams do
+                    info["status"] = e.status
                     yield _sse(e.body())
                     yield b"data: [DONE]\n\n"
                 finally:
@@ -657,13 +963,24 @@ def build_app(server: Server):
 
 # ---- running ----------------------------------------------------------------------------------------
 def load_server(checkpoint: str | Path, cfg: ServeConfig, policy: Policy | None = None,
-                device: str = "auto") -> Server:
-    """Load a verified checkpoint and its tokenizer into a ready `Server`."""
+                device: str = "auto", dtype: str | None = None) -> Server:
+    """Load a verified checkpoint and its tokenizer into a ready `Server` (weights in `dtype` if given)."""
+    import torch
+
     from diji.compute.device import select_device
     from diji.train.checkpoint import load_checkpoint
 
     dev = select_device(device).device
-    loaded = load_checkpoint(checkpoint, device=dev)
+    if dtype is None:
+        loaded = load_checkpoint(checkpoint, device=dev)
+    else:
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise DijiError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        try:
+            loaded = load_checkpoint(checkpoint, device=dev, dtype=dtype)
+        except TypeError:  # a loader without dtype: cast after loading
+            loaded = load_checkpoint(checkpoint, device=dev)
+            loaded.model.to(getattr(torch, dtype))
     tok = Tokenizer.from_file(loaded.tokenizer_file)
     return Server(loaded.model, tok, cfg, policy, model_name=Path(checkpoint).resolve().name)
 
@@ -681,10 +998,9 @@ def serve_forever(server: Server) -> None:
     app = build_app(server)
     try:
         uvicorn.run(app, host=server.cfg.host, port=server.cfg.port, log_level="info",
-                    timeout_graceful_shutdown=5)
+                    timeout_graceful_shutdown=5, limit_concurrency=server.cfg.max_connections)
     finally:
-        server.engine.close()
-        server.audit.close()
+        server.close()
 
 
 class ServerThread:
@@ -694,7 +1010,7 @@ class ServerThread:
         uvicorn = _uvicorn()
         self.server = server
         config = uvicorn.Config(build_app(server), host=host, port=port, log_level="warning",
-                                timeout_graceful_shutdown=2)
+                                timeout_graceful_shutdown=2, limit_concurrency=server.cfg.max_connections)
         self._uv = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._uv.run, name="diji-http", daemon=True)
         self.url = ""
@@ -714,8 +1030,7 @@ class ServerThread:
     def stop(self) -> None:
         self._uv.should_exit = True
         self._thread.join(timeout=10)
-        self.server.engine.close()
-        self.server.audit.close()
+        self.server.close()
 
     def __enter__(self) -> "ServerThread":
         return self.start()
