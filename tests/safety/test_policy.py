@@ -136,3 +136,38 @@ def test_audit_log_hashes_keys_and_keeps_text_only_when_asked(tmp_path):
     rec = read_audit(tmp_path / "b")
     assert len(rec) == 1 and rec[0]["output"] == ["mail [EMAIL]"] and rec[0]["messages"][0]["content"] == "hi"
     assert json.loads(path.read_text().splitlines()[0])["ts"].endswith("+00:00")
+
+
+def test_audit_rotates_by_size_keeps_the_newest_files_and_salts_per_run(tmp_path):
+    log = AuditLog(tmp_path, max_file_bytes=1024, keep_files=3)
+    for i in range(60):
+        log.request(id=f"r{i}", status=200, note="x" * 40)
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 3 and all(p.stat().st_size <= 1024 + 200 for p in tmp_path.iterdir())
+    ids = [r["id"] for r in read_audit(tmp_path)]
+    assert ids == sorted(ids, key=lambda x: int(x[1:])) and ids[-1] == "r59"  # oldest deleted, order kept
+    again = AuditLog(tmp_path, max_file_bytes=1024, keep_files=3)  # a restart starts a new part
+    again.request(id="after-restart", status=200)
+    again.close()
+    assert read_audit(tmp_path)[-1]["id"] == "after-restart"
+    assert key_id("sk", b"salt-1") != key_id("sk", b"salt-2") and key_id("sk", b"s") == key_id("sk", b"s")
+
+
+def test_output_guard_is_incremental_and_matches_the_one_shot_result():
+    import time
+
+    from diji.safety.pii import redact
+
+    pieces = [f"word{i} " for i in range(16_000)] + ["mail zhang.san@example.org now, call 13812345678."]
+    g = moderator(output={"keywords": ("secret plan",)}).guard()
+    t0 = time.perf_counter()
+    sent = "".join(g.feed(p) for p in pieces) + g.finish()
+    seconds = time.perf_counter() - t0
+    assert sent == redact("".join(pieces))[0] and g.blocked is None
+    assert seconds < 6.0  # was quadratic: ~18 s for 16,000 pieces
+    late = moderator(output={"keywords": ("secret plan",)}).guard()
+    for p in pieces[:5000]:
+        late.feed(p)
+    late.feed("the secr")
+    assert late.feed("et plan") == "" and late.blocked is not None  # caught after thousands of pieces

@@ -199,3 +199,72 @@ def test_a_sampled_stop_token_is_reported_with_its_logprob_but_not_as_text():
     with torch.no_grad():
         want = float(model(torch.tensor([[5, 6, 7]]))[0, -1].log_softmax(-1)[first])
     assert abs(lp.logprob - want) < 1e-4
+
+
+def test_tiny_temperature_and_top_p_sample_without_nan():
+    model = tiny_model()
+    engine = Engine(model, letters, EngineConfig(max_batch_size=4))
+    for i, (t, p) in enumerate(((1e-300, 1.0), (1.0, 1e-300), (5e-324, 5e-324), (1e-6, 0.5))):
+        engine.add(f"r{i}", [1, 2, 3], GenParams(max_tokens=6, temperature=t, top_p=p))
+    out = run_all(engine)
+    assert all(evs[-1].finish_reason == "length" and evs[-1].error is None for evs in out.values())
+    greedy = greedy_without_cache(model, [1, 2, 3], 6)
+    assert [t for ev in out[("r0", 0)] for t in ev.token_ids] == greedy  # below MIN_TEMPERATURE: greedy
+
+
+def test_a_row_with_non_finite_logits_fails_alone():
+    model = tiny_model()
+    engine = Engine(model, letters, EngineConfig(max_batch_size=4))
+    real = engine.runner.decode
+
+    def nan_for_row_zero(seqs):
+        logits = real(seqs).clone()
+        for i, s in enumerate(seqs):
+            if s.request_id == "bad":
+                logits[i] = float("nan")
+        return logits
+
+    engine.runner.decode = nan_for_row_zero
+    engine.add("bad", [4, 5, 6], GenParams(max_tokens=8, temperature=1.0))
+    engine.add("good", [1, 2, 3], GenParams(max_tokens=8, temperature=0))
+    out = run_all(engine)
+    assert out[("bad", 0)][-1].finish_reason == "error" and "non-finite" in out[("bad", 0)][-1].error
+    good = [t for ev in out[("good", 0)] for t in ev.token_ids]
+    assert good == greedy_without_cache(model, [1, 2, 3], 8) and out[("good", 0)][-1].finish_reason == "length"
+    assert not engine.scheduler.running and len(engine.scheduler.free) == 4
+
+
+def test_a_batched_forward_failure_is_retried_per_sequence():
+    model = tiny_model()
+    engine = Engine(model, letters, EngineConfig(max_batch_size=4))
+    real = engine.runner.decode
+
+    def fails_with_bad(seqs):
+        if any(s.request_id == "bad" for s in seqs):
+            raise RuntimeError("device fault for one sequence")
+        return real(seqs)
+
+    engine.runner.decode = fails_with_bad
+    engine.add("bad", [4, 5, 6], GenParams(max_tokens=5))
+    engine.add("good", [1, 2, 3], GenParams(max_tokens=5, temperature=0))
+    out = run_all(engine)
+    assert out[("bad", 0)][-1].finish_reason == "error"
+    assert [t for ev in out[("good", 0)] for t in ev.token_ids] == greedy_without_cache(model, [1, 2, 3], 5)
+
+
+@pytest.mark.parametrize("max_tokens", [2, 5, 12, 40])
+def test_json_mode_always_yields_a_parsable_object(max_tokens):
+    import json
+
+    model = tiny_model(ctx=128)
+    texts = [chr(32 + i % 95) for i in range(300)]  # a vocabulary of single printable characters
+    engine = Engine(model, lambda ids: "".join(texts[i] for i in ids), EngineConfig(max_batch_size=4),
+                    json_vocab=lambda: [None if i == 299 else t for i, t in enumerate(texts)])
+    for seed in range(4):
+        engine.add(f"r{seed}", [1, 2, 3], GenParams(max_tokens=max_tokens, temperature=1.5, seed=seed,
+                                                    json_mode=True, stop_ids=(299,)))
+    out = run_all(engine)
+    for evs in out.values():
+        text = "".join(ev.text for ev in evs)
+        assert isinstance(json.loads(text), dict), text
+        assert sum(len(ev.token_ids) for ev in evs) <= max_tokens
