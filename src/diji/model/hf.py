@@ -104,7 +104,8 @@ def rope_from_hf(hf: dict) -> tuple[float, RopeScaling]:
     top-level original_max_position_embeddings, else max_position_embeddings; dynamic scales from
     max_position_embeddings; a yarn factor from their ratio.
     """
-    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    # transformers 5 lets a non-empty rope_scaling replace rope_parameters whole; theta falls back to the top level
+    params = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
     if any(isinstance(v, dict) for v in params.values()):
         raise ValueError("per-layer-type rope parameters are not supported (diji uses one RoPE for all layers)")
     theta = float(params.get("rope_theta") or hf.get("rope_theta") or 10000.0)
