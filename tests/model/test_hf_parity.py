@@ -15,6 +15,7 @@ import torch
 
 from diji.data.chat import CHAT_TEMPLATE
 from diji.data.tokenizer import train_tokenizer
+from diji.kernels import rope
 from diji.kernels.rope import RopeScaling
 from diji.model.commands import export_hf, import_hf
 from diji.model.generate import SamplingParams, generate
@@ -250,3 +251,110 @@ def test_diji_checkpoint_loads_in_transformers_with_equal_logits(name, tmp_path,
     with torch.no_grad():
         assert (back(x).logits - model.eval()(x)).abs().max().item() <= TOL
     assert hf_greedy(back, PROMPTS) == diji_greedy(model, PROMPTS)
+
+
+# The rope and routing fields of released config.json files (4.x spelling: rope_scaling + rope_theta), with the
+# sizes shrunk: what matters is how each field is read, and that export writes it back the same way.
+SHRUNK = dict(vocab_size=V, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96)
+RELEASED = {
+    "Llama-3.1-8B": ({"model_type": "llama", **SHRUNK, "num_key_value_heads": 2, "max_position_embeddings": 131072,
+                      "rope_theta": 500000.0, "rope_scaling": {
+                          "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 8192, "rope_type": "llama3"}},
+                     RopeScaling("llama3", 8.0, 8192, 1.0, 4.0)),
+    "Qwen2.5-7B-Instruct (long context)": (
+        {"model_type": "qwen2", **SHRUNK, "num_key_value_heads": 2, "max_position_embeddings": 32768,
+         "rope_theta": 1000000.0, "rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 32768,
+                                                   "type": "yarn"}},
+        RopeScaling("yarn", 4.0, 32768)),
+    "DeepSeek-V2-Lite": ({"model_type": "deepseek_v2", **SHRUNK, "num_key_value_heads": 4,
+                          "max_position_embeddings": 163840, "rope_theta": 10000, "kv_lora_rank": 16,
+                          "q_lora_rank": None, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16, "v_head_dim": 16,
+                          "n_routed_experts": 8, "n_shared_experts": 2, "num_experts_per_tok": 2,
+                          "moe_intermediate_size": 16, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1,
+                          "topk_method": "greedy", "norm_topk_prob": False, "routed_scaling_factor": 1.0,
+                          "aux_loss_alpha": 0.001, "rope_scaling": {
+                              "beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+                              "original_max_position_embeddings": 4096, "type": "yarn"}},
+                         RopeScaling("yarn", 40.0, 4096, mscale=0.707, mscale_all_dim=0.707)),
+    "DeepSeek-V3 (bf16)": ({"model_type": "deepseek_v3", **SHRUNK, "num_key_value_heads": 4,
+                            "max_position_embeddings": 163840, "rope_theta": 10000, "kv_lora_rank": 16,
+                            "q_lora_rank": 24, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16, "v_head_dim": 16,
+                            "n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 4,
+                            "moe_intermediate_size": 16, "first_k_dense_replace": 3, "n_group": 4, "topk_group": 2,
+                            "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+                            "routed_scaling_factor": 2.5, "num_nextn_predict_layers": 1, "rope_scaling": {
+                                "beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                                "original_max_position_embeddings": 4096, "type": "yarn"}},
+                           RopeScaling("yarn", 40.0, 4096, mscale=1.0, mscale_all_dim=1.0)),
+    "Qwen3-30B-A3B": ({"model_type": "qwen3_moe", **SHRUNK, "num_key_value_heads": 2, "head_dim": 32,
+                       "max_position_embeddings": 40960, "rope_theta": 1000000.0, "rope_scaling": None,
+                       "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+                       "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                       "router_aux_loss_coef": 0.001, "attention_bias": False}, RopeScaling()),
+}
+
+
+@pytest.mark.parametrize("name", RELEASED)
+def test_released_config_fields_are_read_and_written_back(name):
+    from diji.model.hf import from_hf_config, to_hf_config
+
+    hf, scaling = RELEASED[name]
+    cfg = from_hf_config(hf)
+    assert cfg.rope_scaling == scaling and cfg.rope_theta == hf["rope_theta"]
+    out = to_hf_config(cfg, 1, 2, 0)
+    assert out["model_type"] == hf["model_type"]
+    assert from_hf_config(out) == cfg
+    # transformers computes the same frequencies and attention factor from diji's export as from the release
+    if scaling.rope_type != "default":
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        init = ROPE_INIT_FUNCTIONS[scaling.rope_type]
+        ours = init(transformers.AutoConfig.for_model(**{k: v for k, v in out.items() if k != "diji"}), "cpu")
+        theirs = init(transformers.AutoConfig.for_model(**hf), "cpu")
+        assert torch.equal(ours[0], theirs[0]) and ours[1] == theirs[1]
+        torch.testing.assert_close(rope.inv_freq(cfg.rope_head_dim, cfg.rope_theta, cfg.rope_scaling), theirs[0],
+                                   rtol=1e-6, atol=0)
+        assert rope.attention_factor(cfg.rope_scaling) == pytest.approx(theirs[1], rel=1e-12)
+
+
+def test_refused_configs_say_what_is_unsupported(tmp_path, tokenizer_dir):
+    from diji.model.hf import from_hf_config
+
+    base = {"model_type": "qwen3_moe", **SHRUNK, "num_key_value_heads": 2, "max_position_embeddings": 64,
+            "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16}
+    bad = [
+        ({**base, "decoder_sparse_step": 2}, "decoder_sparse_step"),
+        ({**base, "mlp_only_layers": [2]}, "mlp_only_layers"),
+        ({**base, "attention_bias": True}, "attention_bias"),
+        ({**base, "rope_scaling": {"rope_type": "longrope", "factor": 2.0}}, "rope type 'longrope'"),
+        ({**base, "partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+        ({**RELEASED["DeepSeek-V2-Lite"][0], "topk_method": "noaux_tc"}, "topk_method"),
+    ]
+    for hf, match in bad:
+        with pytest.raises(ValueError, match=match):
+            from_hf_config(hf)
+
+
+@pytest.mark.parametrize("family", ("llama3_rope", "qwen2_yarn", "qwen3", "qwen3_moe", "deepseek_v2",
+                                    "deepseek_v3_yarn"))
+def test_two_training_steps_then_export_still_equals_transformers(family, tmp_path, tokenizer_dir):
+    """Gradients flow through the new parts (q/k norms, scaled rope tables, softmax routers, MLA's softmax
+    correction) and a fine-tuned model still exports to what transformers computes."""
+    _, d = write_hf_dir(family, tmp_path, tokenizer_dir)
+    model = load_checkpoint(import_hf(d, tmp_path / "ckpt")).model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(3, V, (2, 33), generator=torch.Generator().manual_seed(4))
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for name in ("q_norm.weight", "k_norm.weight", "mlp.gate.weight", "kv_b_proj.weight"):
+        changed = [n for n, p in model.named_parameters() if n.endswith(name) and not torch.equal(p, before[n])]
+        assert changed or not any(n.endswith(name) for n in before), name
+    ckpt = save_checkpoint(tmp_path / "tuned", model.eval(), d / "tokenizer.json", {"step": 2})
+    back = transformers.AutoModelForCausalLM.from_pretrained(export_hf(ckpt, tmp_path / "hf")).eval()
+    with torch.no_grad():
+        assert (back(x).logits - model(x)).abs().max().item() <= TOL
