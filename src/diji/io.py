@@ -78,14 +78,35 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
                 os.fsync(f.fileno())
     fsync_dir(tmp_dir)
     if final_dir.exists():
-        trash = final_dir.with_name(f".{final_dir.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(final_dir, trash)
-        os.replace(tmp_dir, final_dir)
-        shutil.rmtree(trash, ignore_errors=True)
+        if _exchange(tmp_dir, final_dir):  # one atomic step: readers see the old or the new, never nothing
+            shutil.rmtree(tmp_dir, ignore_errors=True)  # now holds the old directory
+        else:
+            trash = final_dir.with_name(f".{final_dir.name}.old")
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final_dir, trash)
+            os.replace(tmp_dir, final_dir)
+            shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp_dir, final_dir)
     fsync_dir(final_dir.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def sha256_file(path: str | Path) -> str:

@@ -1,6 +1,7 @@
 """LoRA: starts equal to the base, trains only adapters, and merges to a plain model with equal outputs."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -54,19 +55,33 @@ def test_lora_sft_then_merge_command_gives_a_plain_checkpoint_with_equal_outputs
     data = write_records(tmp_path / "chat.jsonl")
     over = sft_overrides(base, data, tmp_path, "lora", steps=6) + ["lora.rank=4", "lora.alpha=8", "optim.lr=3e-2"]
     result = sft(load_config(SFTConfig, None, over))
-    adapter = result["checkpoint"]
+    adapter = Path(result["checkpoint"])
     assert read_lineage(adapter)["lora"]["rank"] == 4
-    with pytest.raises(DijiError, match="does not fit"):
-        load_checkpoint(adapter)  # an adapter is not a plain checkpoint...
-    adapted = load_model(adapter).model.eval()  # ...but loads (merged) through load_model
+    # PEFT layout: the base weights in model.safetensors, the adapters beside them under PEFT's names.
+    from safetensors.torch import load_file
+
+    peft_cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert peft_cfg["peft_type"] == "LORA" and peft_cfg["r"] == 4 and peft_cfg["base_model_name_or_path"] == str(Path(base).resolve())
+    names = list(load_file(str(adapter / "adapter_model.safetensors")))
+    assert names and all(n.startswith("base_model.model.model.layers.") and n.endswith((".lora_A.weight", ".lora_B.weight"))
+                         for n in names)
+    assert not any("lora" in n for n in load_file(str(adapter / "model.safetensors")))
+    adapted = load_model(adapter).model.eval()
+    x = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():  # load_checkpoint (generate, eval, serve) merges the adapters on load
+        assert torch.allclose(load_checkpoint(adapter).model.eval()(x), adapted(x), atol=1e-5, rtol=0)
+    bare = Transformer(ModelConfig(**TINY))
+    from diji.train.checkpoint import load_weights
+
+    with pytest.raises(DijiError, match="lora merge"):  # a plain model cannot take an adapter checkpoint's weights
+        load_weights(bare, adapter)
     out = tmp_path / "merged"
-    done = subprocess.run([sys.executable, "-m", "diji", "lora", "merge", adapter, "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "diji", "lora", "merge", str(adapter), "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["checkpoint"] == str(out.resolve())
     merged = load_checkpoint(out).model.eval()
     plain = load_checkpoint(base).model.eval()
-    x = torch.randint(0, 300, (2, 20))
     with torch.no_grad():
         assert torch.allclose(merged(x), adapted(x), atol=1e-5, rtol=0)
         assert (merged(x) - plain(x)).abs().max() > 1e-4  # training changed something

@@ -25,10 +25,7 @@ import torch
 
 from diji.errors import DijiError
 
-CARRIED = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
-           "generation_config.json", "added_tokens.json")
-"""Files copied verbatim from an HF directory into the checkpoint (and back out on export)."""
-EXPORT_SKIP = ("lineage.json", "train_state.pt")
+EXPORT_SKIP = ("lineage.json", "train_state.pt", "adapter_config.json", "adapter_model.safetensors")
 
 
 def _read_json(path: Path) -> dict:
@@ -89,6 +86,11 @@ def import_hf(src: str | Path, out: str | Path):
     except (ValueError, TypeError, KeyError) as e:
         raise DijiError(f"{src}: {e}") from None
     model = Transformer(cfg)
+    # Keep the precision the model was published in: a bf16 model stays bf16 on disk (half the bytes of fp32).
+    floats = [t for t in state.values() if t.is_floating_point()]
+    dtype = max({t.dtype for t in floats}, key=lambda d: sum(t.numel() for t in floats if t.dtype == d)) if floats else None
+    if dtype in (torch.bfloat16, torch.float16):
+        model.to(dtype)
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # re-tied to the embedding
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -109,16 +111,23 @@ def import_hf(src: str | Path, out: str | Path):
         "tokens_seen": 0,
         "metrics": {},
     }
-    ids = {k: hf.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    carried = {n: (src / n).read_bytes() for n in CARRIED if (src / n).is_file()}
-    return save_checkpoint(out, model, src / "tokenizer.json", lineage, hf_overrides=ids, extra_files=carried)
+    # The tokenizer's companion files (special tokens, chat template, EOS ids) and config.json's special-token
+    # ids travel with tokenizer.json (save_checkpoint reads them from beside it).
+    try:
+        return save_checkpoint(out, model, src / "tokenizer.json", lineage)
+    except DijiError as e:
+        raise DijiError(f"{src}: {e}") from None
 
 
 def export_hf(ckpt: str | Path, out: str | Path) -> Path:
-    """Write a verified diji checkpoint as a plain transformers directory at `out`; returns the path."""
+    """Write a verified diji checkpoint as a plain transformers directory at `out`; returns the path.
+
+    A LoRA adapter checkpoint is merged first (W + (α/r)·BA), so the export computes what the adapted model
+    computes — never the base alone. (The adapter itself is already PEFT-readable in place.)
+    """
     from diji.io import publish_dir
     from diji.model.hf import NATIVE, family
-    from diji.train.checkpoint import read_model_config, verify_checkpoint
+    from diji.train.checkpoint import is_adapter, read_model_config, verify_checkpoint
 
     ckpt, out = Path(ckpt), Path(out)
     verify_checkpoint(ckpt)
@@ -129,9 +138,14 @@ def export_hf(ckpt: str | Path, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        if is_adapter(ckpt):
+            from diji.train.lora import merge_checkpoint
+
+            ckpt = merge_checkpoint(ckpt, tmp / "merged")
         for path in sorted(ckpt.iterdir()):
             if path.is_file() and path.name not in EXPORT_SKIP:
                 shutil.copyfile(path, tmp / path.name)
+        shutil.rmtree(tmp / "merged", ignore_errors=True)
         publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
