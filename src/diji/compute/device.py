@@ -90,3 +90,37 @@ def synchronize(device: torch.device) -> None:
     mod = getattr(torch, device.type, None)
     if mod is not None and hasattr(mod, "synchronize"):
         mod.synchronize()
+
+
+def fast_low_precision(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
+    """Whether `device` computes in bf16/fp16 at least as fast as fp32, and why we think so.
+
+    On a CPU, bf16 matmuls are fast only with AVX512-BF16 or AMX; without them oneDNN emulates bf16 and a
+    training step was measured 19× slower than fp32 here (docs/LOG.md). fp16 on a CPU is emulated too.
+    Accelerators compute in low precision natively.
+    """
+    if device.type != "cpu":
+        return True, f"'{device.type}' computes in {str(dtype).removeprefix('torch.')} natively"
+    flags = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        flags = f.read()
+    if dtype == torch.bfloat16 and ("avx512_bf16" in flags or "amx_bf16" in flags):
+        return True, "this CPU has AVX512-BF16/AMX"
+    return False, f"this CPU has no fast {str(dtype).removeprefix('torch.')} (no AVX512-BF16/AMX); it would be emulated"
+
+
+def inference_dtype(requested: str, stored: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The dtype to run a checkpoint in: `requested` ('auto' or a dtype name), the checkpoint's `stored`
+    dtype, and the device. 'auto' keeps a bf16/fp16 checkpoint in its precision where the device is fast
+    at it (half the memory) and uses float32 where low precision would be emulated — saying which."""
+    if requested != "auto":
+        dtype = resolve_dtype(requested)
+        fast, why = fast_low_precision(device, dtype) if dtype != torch.float32 else (True, "")
+        return dtype, f"{requested} as asked" + ("" if fast else f" (slow here: {why})")
+    if stored == "float32":
+        return torch.float32, "auto: the checkpoint is stored in float32"
+    dtype = resolve_dtype(stored)
+    fast, why = fast_low_precision(device, dtype)
+    if fast:
+        return dtype, f"auto: the checkpoint's own {stored} ({why})"
+    return torch.float32, f"auto: float32, because {why}; pass --dtype {stored} to halve memory anyway"
