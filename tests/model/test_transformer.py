@@ -169,6 +169,7 @@ def test_qk_norm_normalises_each_head_before_rope():
 
 
 def test_family_maps_configs_to_the_model_type_that_computes_them():
+    from diji.kernels.rope import RopeScaling
     from diji.model.hf import NATIVE, family
 
     moe = {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16}
@@ -183,6 +184,8 @@ def test_family_maps_configs_to_the_model_type_that_computes_them():
         ({"qk_norm": True, **moe, "scoring_func": "softmax", "moe_balance": "bias"}, NATIVE),
         ({**mla, **moe, "scoring_func": "softmax", "moe_balance": "none"}, NATIVE),  # V2 never renormalises
         ({**mla, **moe, "n_group": 2, "group_scoring": "max"}, NATIVE),
+        ({"rope_scaling": RopeScaling("dynamic", 2.0, TINY.max_position_embeddings)}, "llama"),
+        ({"rope_scaling": RopeScaling("dynamic", 2.0, 16)}, NATIVE),  # would scale from another length
     ]
     for kwargs, want in cases:
         got, why = family(ModelConfig(**{**TINY.__dict__, **kwargs}))

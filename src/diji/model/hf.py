@@ -52,6 +52,10 @@ def family(cfg: ModelConfig) -> tuple[str, str]:
     """The HF model_type that computes exactly what `cfg` computes, or ("diji", why there is none)."""
     moe = cfg.n_routed_experts > 0
     grouped = moe and cfg.n_group > 1
+    rs = cfg.rope_scaling
+    if rs.rope_type == "dynamic" and rs.original_max_position_embeddings != cfg.max_position_embeddings:
+        return NATIVE, ("transformers' dynamic RoPE scales from max_position_embeddings; set "
+                        "model.rope_scaling.original_max_position_embeddings equal to it")
     if cfg.kv_lora_rank:
         if cfg.attention_bias:
             return NATIVE, "attention_bias with MLA has no transformers equivalent"
