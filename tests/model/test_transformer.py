@@ -138,6 +138,14 @@ def test_new_config_fields_round_trip_through_toml_and_old_configs_keep_their_de
     old = {k: v for k, v in to_dict(TINY).items() if k not in ("rope_scaling", "qk_norm", "group_scoring")}
     assert from_hf_config({"model_type": "diji", **old}) == TINY
     assert TINY.rope_scaling == RopeScaling() and not TINY.qk_norm
+    # a model with no transformers equivalent (model_type diji) keeps its rope table through config.json
+    import json
+
+    from diji.model.hf import to_hf_config
+
+    native = ModelConfig(**{**cfg.__dict__, "n_routed_experts": 4, "n_shared_experts": 1, "qk_norm": False})
+    hf = json.loads(json.dumps(to_hf_config(native, 1, 2, 0)))
+    assert hf["model_type"] == "diji" and from_hf_config(hf) == native
 
 
 @pytest.mark.parametrize(
