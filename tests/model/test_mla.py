@@ -45,6 +45,27 @@ def test_cached_decode_absorbed_and_chunked_equal_the_full_forward():
     assert cache.length == 20
 
 
+def test_yarn_softmax_correction_is_the_same_in_absorbed_decode_and_the_full_forward():
+    """YaRN with mscale_all_dim scales MLA's softmax by mscale² (kernels/rope.py): prefill, the absorbed
+    single-token path and a chunk after the cache all apply it, and it changes the output."""
+    from diji.kernels.rope import RopeScaling
+
+    yarn = RopeScaling("yarn", factor=8.0, original_max_position_embeddings=8, mscale=1.0, mscale_all_dim=1.0)
+    cfg = ModelConfig(**{**MLA.__dict__, "rope_scaling": yarn})
+    m = model(cfg)
+    assert m.model.layers[0].self_attn.q_scale > 1.4
+    x = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        full = m(x)
+        cache = KVCache(cfg, 2, 20, "cpu", torch.float32)
+        parts = [m(x[:, :7], cache=cache)] + [m(x[:, t : t + 1], cache=cache) for t in range(7, 12)]
+        parts.append(m(x[:, 12:], cache=cache))
+        plain = Transformer(MLA).eval()
+        plain.load_state_dict(m.state_dict())
+        assert (plain(x) - full).abs().max() > 1e-2
+    assert (torch.cat(parts, 1) - full).abs().max() < 1e-4
+
+
 def test_ragged_batch_generation_equals_one_prompt_at_a_time():
     m = model(seed=1)
     prompts = [[5, 9, 11, 40, 3, 2, 8], [7, 1], [60, 61, 62, 63]]

@@ -64,6 +64,29 @@ def test_group_limited_routing_and_gate_scaling():
     assert scores.dtype == torch.float32 and scores.min() >= 0
 
 
+def test_v2_group_scoring_ranks_groups_by_their_best_expert():
+    """DeepSeek-V2's group_limited_greedy: keep the topk_group groups holding the best single experts, then
+    the plain top-k of the softmax scores inside them, gates not renormalised."""
+    cfg = ModelConfig(**{**CFG.__dict__, "n_group": 4, "topk_group": 2, "group_scoring": "max",
+                         "scoring_func": "softmax", "norm_topk_prob": False, "moe_balance": "none"})
+    torch.manual_seed(0)
+    gate = moe_layer(cfg).gate
+    with torch.no_grad():
+        gate.weight.normal_()
+    x = torch.randn(200, 32)
+    scores, idx, gates = gate(x)
+    best_groups = scores.view(200, 4, 2).amax(-1).topk(2, dim=-1).indices  # (N, 2)
+    kept = scores.view(200, 4, 2) * torch.zeros(200, 4, 1).scatter_(1, best_groups[..., None], 1.0)
+    want = kept.view(200, 8).topk(2, dim=-1)
+    assert torch.equal(idx.sort(-1).values, want.indices.sort(-1).values)
+    torch.testing.assert_close(gates.sort(-1).values, want.values.sort(-1).values)
+    # a top-2-sum ranking differs for some tokens: the two scorings are not the same rule
+    top2 = ModelConfig(**{**cfg.__dict__, "group_scoring": "top2_sum"})
+    other = moe_layer(top2).gate
+    other.load_state_dict(gate.state_dict())
+    assert not torch.equal(other(x)[1].sort(-1).values, idx.sort(-1).values)
+
+
 def test_bias_balancing_evens_out_a_skewed_router_and_only_in_training():
     cfg = ModelConfig(**{**CFG.__dict__, "moe_bias_update_rate": 0.05})
     layer = moe_layer(cfg)
