@@ -84,8 +84,9 @@ class PackedDecoder:
 
     @staticmethod
     def supports(model: Transformer) -> bool:
-        """Dense GQA blocks only; MLA and MoE layers decode through the model's own forward."""
-        return all(type(b.self_attn) is Attention and type(b.mlp) is MLP for b in model.model.layers)
+        """Dense GQA blocks without q/k norms only; MLA, MoE and Qwen3 layers decode through the model's forward."""
+        return not model.config.qk_norm and all(type(b.self_attn) is Attention and type(b.mlp) is MLP
+                                                for b in model.model.layers)
 
     def __init__(self, model: Transformer) -> None:
         cfg = model.config
@@ -109,7 +110,8 @@ class PackedDecoder:
             self.norm = model.model.norm.weight
             self.head = model.lm_head.weight.t().contiguous()
             positions = torch.arange(cfg.max_position_embeddings, device=self.embed.device)
-            self.cos, self.sin = reference.rope_cos_sin(positions, self.D, cfg.rope_theta, self.embed.dtype)
+            self.cos, self.sin = reference.rope_cos_sin(positions, self.D, cfg.rope_theta, self.embed.dtype,
+                                                        cfg.rope_scaling)
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (self.C,), w, self.eps)
