@@ -7,9 +7,14 @@ type checking, and turn it back into a dict for `config.toml` and `lineage.json`
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import functools
+import inspect
 import json
 import sys
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -23,6 +28,12 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 T = TypeVar("T")
+
+DEFAULT_TEMPERATURE = 1.0
+"""The one sampling-temperature default of `diji generate`, `diji chat`, the chat page and the API.
+1.0 samples the model's own distribution, is the OpenAI API's documented default (so a client written
+for that API gets the behaviour it expects), and is the temperature GRPO rolls out at; greedy decoding
+is one flag away (`--temperature 0`). Evaluation keeps its own greedy default: it scores, it does not chat."""
 
 
 class ConfigError(DijiError, ValueError):
@@ -98,7 +109,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for k, v in data.items():
         full = f"{prefix}.{k}" if prefix else k
         if k not in fields:
-            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(fields))})")
+            near = difflib.get_close_matches(k, list(fields), n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise ConfigError(f"unknown config key '{full}' ({hint}known: {', '.join(sorted(fields))})")
         kwargs[k] = _coerce(v, hints[k], full)
     try:
         return cls(**kwargs)
@@ -122,28 +135,82 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def parse_value(text: str) -> Any:
-    """Parse the right-hand side of `--set key=value` as a TOML value, else keep it as a string."""
+def parse_value(text: str, tp: Any = None) -> Any:
+    """The right-hand side of `--set key=value`, read for a field of type `tp`.
+
+    A field that holds text takes the text as it is (`run.name=2024-05-01` is a string, not a TOML date);
+    a quoted TOML string still works (`run.name="x"`). Any other field reads a TOML value (numbers,
+    booleans, lists), and a list of strings also accepts `a,b,c`. Without `tp`, TOML first, else text.
+    """
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        parsed = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        return text
+        parsed = _NOT_TOML
+    if tp is not None and _holds_text(tp):
+        return parsed if isinstance(parsed, str) else text
+    if parsed is not _NOT_TOML:
+        return parsed
+    if tp is not None and _holds_text(_item_type(tp)):
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.key=value` strings to a nested dict (type checking happens in from_dict)."""
+_NOT_TOML = object()
+
+
+def _holds_text(tp: Any) -> bool:
+    """True for str, str | None and Literal of strings."""
+    if tp is str:
+        return True
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return all(isinstance(a, str) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        return len(rest) == 1 and _holds_text(rest[0])
+    return False
+
+
+def _item_type(tp: Any) -> Any:
+    if typing.get_origin(tp) in (tuple, list) and typing.get_args(tp):
+        return typing.get_args(tp)[0]
+    return None
+
+
+def field_type(cls: type, dotted: str) -> Any:
+    """The annotation of `section.key` inside dataclass `cls`, or None when there is no such field."""
+    tp: Any = cls
+    for part in dotted.split("."):
+        if not _is_dataclass_type(tp):
+            return None
+        hints = _hints(tp)
+        if part not in hints:
+            return None
+        tp = hints[part]
+    return tp
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type | None = None) -> dict[str, Any]:
+    """Apply `section.key=value` strings to a nested dict; with `cls`, each value is read for its field's
+    type (see parse_value). Type checking happens in from_dict."""
     data = json.loads(json.dumps(data))  # deep copy of plain data
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, _, raw = item.partition("=")
-        parts = key.strip().split(".")
+        key = key.strip()
+        parts = key.split(".")
         node = data
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: '{p}' is not a section")
-        node[parts[-1]] = parse_value(raw.strip())
+        node[parts[-1]] = parse_value(raw.strip(), field_type(cls, key) if cls is not None else None)
     return data
 
 
@@ -162,7 +229,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Load `cls` from a TOML file (optional) plus `--set` overrides."""
     data = read_toml(path) if path else {}
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or [], cls)
     return from_dict(cls, data)
 
 
@@ -198,3 +265,122 @@ def dumps_toml(data: dict[str, Any]) -> str:
 
     emit(data, "")
     return "\n".join(lines).rstrip() + "\n"
+
+
+# ---- discoverable configs: every key with its docstring -----------------------------------------------
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring — the string literal right after the field in the class body (the
+    convention of STYLE.md rule 2) — read from the source with `ast`; inherited fields included."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):  # no source (a frozen app): keys still list, undocumented
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for stmt, nxt in zip(body, body[1:], strict=False):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+def type_name(tp: Any) -> str:
+    """A short readable spelling of an annotation: int, str | None, tuple[str, ...], 'a' | 'b'."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return " | ".join(json.dumps(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin in (tuple, list, dict):
+        inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
+        return f"{origin.__name__}[{inner}]" if args else origin.__name__
+    if tp is type(None):
+        return "None"
+    if tp is Any:
+        return "any"
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigKey:
+    key: str
+    """Dotted name, as `--set` takes it."""
+    type: str
+    value: Any
+    doc: str
+
+
+def config_keys(cfg: Any, prefix: str = "") -> list[ConfigKey]:
+    """Every leaf key of a config instance, depth first, with its type, current value and docstring."""
+    cls = type(cfg)
+    hints, docs = _hints(cls), field_docs(cls)
+    out: list[ConfigKey] = []
+    for f in dataclasses.fields(cfg):
+        key = f"{prefix}{f.name}"
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out += config_keys(value, f"{key}.")
+        else:
+            out.append(ConfigKey(key, type_name(hints[f.name]), to_dict(value), docs.get(f.name, "")))
+    return out
+
+
+def _comment(text: str, indent: str = "") -> list[str]:
+    return [f"{indent}# {line}".rstrip() for line in text.splitlines()]
+
+
+def _class_doc(cls: type) -> str:
+    doc = inspect.getdoc(cls) or ""
+    return "" if doc.startswith(f"{cls.__name__}(") else doc  # dataclass's generated signature: no doc
+
+
+def describe_toml(cfg: Any) -> str:
+    """The resolved config as TOML with every key's docstring as a comment above it (`diji config show`).
+    Unset (None) keys appear as comments, so every field is listed and the text still loads back."""
+    lines: list[str] = []
+
+    def emit(obj: Any, name: str, doc: str) -> None:
+        cls = type(obj)
+        hints, docs = _hints(cls), field_docs(cls)
+        fields = dataclasses.fields(obj)
+        scalars = [f for f in fields if not dataclasses.is_dataclass(getattr(obj, f.name))]
+        if name:
+            lines.append("")
+            lines.extend(_comment(doc or _class_doc(cls)))
+            lines.append(f"[{name}]")
+        for f in scalars:
+            value = to_dict(getattr(obj, f.name))
+            lines.extend(_comment(f"{docs.get(f.name, '(undocumented)')}  [{type_name(hints[f.name])}]"))
+            lines.append(f"# {f.name} = (unset)" if value is None else f"{f.name} = {_toml_value(value)}")
+        for f in fields:
+            if f not in scalars:
+                emit(getattr(obj, f.name), f"{name}.{f.name}" if name else f.name, docs.get(f.name, ""))
+
+    emit(cfg, "", "")
+    return "\n".join(lines).strip() + "\n"
+
+
+def build_unchecked(cls: type[T], data: dict[str, Any]) -> T:
+    """Like from_dict, but skips the top level's cross-field checks (e.g. 'data.path is required'), so
+    `diji config show` can print a stage's defaults before the user has filled in its required keys.
+    Each section is still built and checked."""
+    hints = _hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        from_dict(cls, {unknown[0]: data[unknown[0]]})  # raises the usual 'unknown config key' error
+    obj = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            value = _coerce(data[f.name], hints[f.name], f.name)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        else:
+            value = f.default_factory()  # type: ignore[misc]
+        object.__setattr__(obj, f.name, value)
+    return obj

@@ -28,8 +28,16 @@ class RunConfig:
     """Data parallelism under `torchrun --nproc-per-node N`: ddp (every rank holds the weights, gradients
     are averaged) or fsdp (FSDP2 fully_shard: weights, gradients and optimizer state sharded across ranks).
     Ignored in a single process."""
+    loggers: tuple[str, ...] = ("jsonl",)
+    """Where metrics go: jsonl (metrics.jsonl, always written), tensorboard (RUN_DIR/tensorboard/),
+    mlflow (OUT_DIR/mlflow.db). tensorboard and mlflow need the `track` extra."""
 
     def __post_init__(self) -> None:
+        from diji.observe.loggers import LOGGERS
+
+        bad = [n for n in self.loggers if n not in LOGGERS]
+        if bad:
+            raise ValueError(f"run.loggers: unknown logger '{bad[0]}'; choose from {', '.join(LOGGERS)}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"run.parallel must be 'ddp' or 'fsdp', got '{self.parallel}'")
         if self.dtype not in DTYPE_NAMES:

@@ -15,7 +15,9 @@ weights and optimizer state keyed by parameter name, written by rank 0: a run sa
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,10 +31,11 @@ from diji.compute import distributed as dist
 from diji.compute.device import autocast, select_device
 from diji.compute.fallback import FALLBACKS
 from diji.compute.perf import matmul_peak_flops
-from diji.config import dumps_toml
+from diji.config import dumps_toml, read_toml
 from diji.errors import DijiError
 from diji.io import atomic_write_text, sha256_file
-from diji.observe.metrics import MetricsLog, truncate_after
+from diji.observe.loggers import open_loggers
+from diji.observe.metrics import truncate_after
 from diji.observe.report import write_report
 from diji.train import checkpoint as ckpt_io
 from diji.train.config import LoopConfig, OptimConfig, RunConfig
@@ -113,6 +116,80 @@ def shard_batch(batch: Any, rank: int, world: int) -> Any:
     if isinstance(batch, dict):
         return {k: shard_batch(v, rank, world) for k, v in batch.items()}
     return batch
+
+
+# ---- run directories: never reuse one silently ---------------------------------------------------------
+# What a resumed run may change: the step budget, and how (not what) it computes and shows — the process
+# layout (a run saved on 2 ranks resumes on 1), the device, progress bars and loggers. Anything else would
+# splice two different experiments into one loss curve.
+RESUMABLE_CHANGES = frozenset({"train.max_steps", "run.parallel", "run.device", "run.progress", "run.loggers"})
+# Everything the loop writes into a run directory (what --overwrite removes; nothing else is touched).
+RUN_ARTIFACTS = ("metrics.jsonl", "checkpoints", "latest", "config.toml", "report.html", "tensorboard",
+                 "mlflow_run_id")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif v is not None:  # None is not written to TOML: absent and None are the same setting
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, except RESUMABLE_CHANGES."""
+    a, b = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(current)))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def run_in_use(run_dir: Path) -> bool:
+    """True when a previous run left its metrics or checkpoints here."""
+    metrics = run_dir / "metrics.jsonl"
+    return (metrics.is_file() and metrics.stat().st_size > 0) or (run_dir / "checkpoints").is_dir() \
+        or (run_dir / "latest").exists()
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """--overwrite: delete what a previous run wrote here (only the loop's own artifacts)."""
+    for name in RUN_ARTIFACTS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def saved_config(run_dir: Path) -> dict | None:
+    """The config a run directory's latest checkpoint was trained with (else its config.toml)."""
+    latest = ckpt_io.latest_checkpoint(run_dir)
+    if latest is not None:
+        config = ckpt_io.read_lineage(latest).get("config")
+        if config is not None:
+            return config
+    return read_toml(run_dir / "config.toml") if (run_dir / "config.toml").is_file() else None
+
+
+def check_run_dir(run_dir: Path, config: dict, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a used run directory unless told how (--resume or --overwrite), and refuse to
+    resume with a config that differs from the saved one in anything but RESUMABLE_CHANGES."""
+    if resume and overwrite:
+        raise DijiError("--resume and --overwrite exclude each other: continue the run, or start it over")
+    if overwrite:
+        clear_run_dir(run_dir)
+        return
+    if not run_in_use(run_dir):
+        return
+    if not resume:
+        raise DijiError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start "
+                        f"over, or choose another run.name")
+    saved = saved_config(run_dir)
+    diff = config_differences(saved, config) if saved is not None else []
+    if diff:
+        raise DijiError(f"cannot --resume {run_dir}: the config differs from the saved one in "
+                        f"{', '.join(diff)} (only {', '.join(sorted(RESUMABLE_CHANGES))} may change); "
+                        f"use --overwrite to start over or another run.name")
 
 
 class _FullWeights:
@@ -319,10 +396,13 @@ class Trainer:
             chosen = ", ".join(f"{k.split(' on ')[0]}={v['impl']}" for k, v in REGISTRY.chosen().items())
             print(f"diji: kernels on {self.device.type}: {chosen or 'none dispatched'}", file=sys.stderr)
 
-    def run(self, resume: bool = False) -> dict[str, Any]:
+    def run(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Train to loop.max_steps. A used run directory needs `resume` (continue; the config must match)
+        or `overwrite` (delete the previous run's artifacts first)."""
         job, cfg = self.job, self.job.loop
         main = self.dist.is_main
-        if main:
+        if main:  # a refusal here ends rank 0; torchrun then stops the other ranks
+            check_run_dir(self.run_dir, job.config, resume, overwrite)
             self.run_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier(self.dist)
         if not (resume and self.resume()):
@@ -332,7 +412,7 @@ class Trainer:
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         if main:
             atomic_write_text(self.run_dir / "config.toml", dumps_toml(job.config))
-        log = MetricsLog(self.run_dir / "metrics.jsonl") if main else None
+        log = open_loggers(job.run.loggers, self.run_dir, job.config, self.step) if main else None
         flops_per_token = self.model.config.flops_per_token(job.config.get("data", {}).get("seq_len", 256))
         peak = matmul_peak_flops(str(self.device)) * self.dist.world_size
         fallbacks_before = FALLBACKS.total()
@@ -357,7 +437,7 @@ class Trainer:
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.max_steps:
                     record.update(self.evaluate())
                 if record and log is not None:
-                    log.write({"step": self.step, **record})
+                    log.log(self.step, record)
                 if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
                     self.save()
                     window_start = time.perf_counter()  # checkpoint time is not training throughput

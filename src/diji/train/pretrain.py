@@ -51,7 +51,7 @@ class PretrainStage:
         self.batches.load_state_dict(state["batches"])
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     data_dir = Path(cfg.data.path)
     tokenizer_file = data_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
@@ -66,4 +66,4 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     init_model(model, job)
     trainer = Trainer(model, PretrainStage(cfg, torch.device("cpu")), job)
     trainer.stage.device = trainer.device
-    return trainer.run(resume=resume)
+    return trainer.run(resume=resume, overwrite=overwrite)
