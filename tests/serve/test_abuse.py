@@ -146,6 +146,7 @@ def test_a_failing_sequence_fails_only_its_own_request(checkpoint):  # noqa: F81
                 assert json.loads(lines[-2][6:])["error"]["code"] == "engine_error"
             time.sleep(0.3)
         assert bg.runs >= 1 and not bg.failures
+        assert "diji_sequence_errors_total 6.0" in httpx.get(s.url + "/metrics").text
     finally:
         s.stop()
 
@@ -209,6 +210,7 @@ def test_a_dead_engine_makes_health_503_and_fails_requests_at_once(checkpoint): 
         assert int(r.headers["retry-after"]) >= 1
         assert httpx.get(s.url + "/health").status_code == 503
         assert time.monotonic() - t0 < 1.5
+        assert "diji_engine_alive 0.0" in httpx.get(s.url + "/metrics").text
         t0 = time.monotonic()
         again = httpx.post(s.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=30)
         assert again.status_code == 503 and time.monotonic() - t0 < 1.0
@@ -246,6 +248,7 @@ def test_a_large_tokenize_does_not_stall_health(srv):
         time.sleep(0.01)
     t.join()
     assert result["r"].status_code == 200 and result["r"].json()["count"] > 10_000
+    assert result["r"].json()["tokens"] == httpx.post(srv.url + "/tokenize", json={"prompt": text}).json()["tokens"]
     assert worst < 1.0
 
 

@@ -340,7 +340,15 @@ def test_client_disconnect_mid_stream_frees_the_request(server):
         assert _generated(server) - before < 4 * 200
 
 
-def test_client_disconnect_while_waiting_for_a_full_response_frees_the_request(server):
+def test_client_disconnect_while_waiting_for_a_full_response_frees_the_request(server, monkeypatch):
+    runner = server.server.engine.engine.runner
+    real = runner.decode
+
+    def slow(seqs):  # ≥ 1 s for the whole generation, so a loaded machine cannot finish it before the hang-up
+        time.sleep(0.005)
+        return real(seqs)
+
+    monkeypatch.setattr(runner, "decode", slow)
     before = _generated(server)
     s = _send_raw(server, "/v1/completions", {"prompt": "the model", "max_tokens": 240, "temperature": 0, "n": 8})
     deadline = time.monotonic() + 10

@@ -39,6 +39,12 @@ class ServeMetrics:
         self.blocked = pc.Counter("diji_policy_blocks", "Requests or outputs blocked by the safety policy",
                                   ["stage"], registry=r)
         self.rate_limited = pc.Counter("diji_rate_limited", "Requests refused with 429", registry=r)
+        self.overloaded = pc.Counter("diji_overloaded", "Requests refused with 503 because the queue was full",
+                                     registry=r)
+        self.sequence_errors = pc.Counter("diji_sequence_errors", "Sequences that failed in the engine "
+                                          "(their request got an error; the batch went on)", registry=r)
+        self.engine_alive = pc.Gauge("diji_engine_alive", "1 while the engine thread runs, 0 once it stopped",
+                                     registry=r)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

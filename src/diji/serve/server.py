@@ -293,6 +293,7 @@ class Server:
             err = P.ApiError(503, f"the server is busy ({waiting} sequences waiting); retry later",
                              type_="server_error", code="server_overloaded")
             err.retry_after = 1 + waiting / max(1, self.cfg.engine.max_batch_size)
+            self.metrics.overloaded.inc()
             raise err
 
     # ---- the shared generation path --------------------------------------------------------------
@@ -334,6 +335,7 @@ class Server:
                                      "see the server log", type_="server_error", code="engine_error")
                 ev: Event = item
                 if ev.error is not None:  # this request's own sequence failed; others are unaffected
+                    self.metrics.sequence_errors.inc()
                     raise P.ApiError(500, f"generation failed for choice {ev.index}; see the server log",
                                      type_="server_error", code="engine_error")
                 c = choices[slot_of[ev.request_id] * n + ev.index]
@@ -421,6 +423,21 @@ def _ttft(choices: list[_Choice], arrived: float) -> float | None:
 
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _dumps(obj: Any) -> bytes:
+    """JSON bytes; long lists of token ids are written in slices, because one C-level json.dumps of a
+    million ints holds the GIL (and so the event loop) for half a second."""
+    if not isinstance(obj, dict) or not any(isinstance(v, list) and len(v) > 16384 for v in obj.values()):
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    parts = []
+    for k, v in obj.items():
+        if isinstance(v, list) and len(v) > 16384 and all(type(x) is int for x in v[:16]):
+            body = ",".join(json.dumps(v[i : i + 8192], separators=(",", ":"))[1:-1] for i in range(0, len(v), 8192))
+            parts.append(json.dumps(k) + ":[" + body + "]")
+        else:
+            parts.append(json.dumps(k) + ":" + json.dumps(v, ensure_ascii=False, separators=(",", ":")))
+    return ("{" + ",".join(parts) + "}").encode()
 
 
 def _parse_json(raw: bytes) -> dict:
@@ -634,6 +651,12 @@ def build_app(server: Server):
     def who(request) -> str:
         return request.scope.get("diji.who") or key_id("unknown", S.salt)
 
+    async def reply(obj: dict, size: int) -> Response:
+        """Serialise a possibly large answer (a million token ids) off the event loop: FastAPI's own
+        encoder walks every element in Python on the loop and stalled /health for seconds."""
+        data = await S.cpu(size, _dumps, obj)
+        return Response(data, media_type="application/json")
+
     # ---- plain endpoints ----------------------------------------------------------------------
     page = resources.files("diji.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
@@ -653,6 +676,7 @@ def build_app(server: Server):
     async def metrics():
         S.metrics.queue_depth.set(S.engine.num_waiting)
         S.metrics.running.set(S.engine.num_running)
+        S.metrics.engine_alive.set(1 if S.engine.alive else 0)
         data, ctype = S.metrics.render()
         return Response(data, media_type=ctype)
 
@@ -702,7 +726,7 @@ def build_app(server: Server):
         out: dict[str, Any] = {"count": len(ids), "max_model_len": S.max_model_len, "tokens": ids}
         if P.parse_bool(body, "return_token_strs"):
             out["token_strs"] = await S.cpu(size, lambda: [S.token_str(i) for i in ids])
-        return out
+        return await reply(out, size)
 
     @app.post("/detokenize")
     async def detokenize(request: fastapi.Request):
@@ -712,7 +736,7 @@ def build_app(server: Server):
         ids = body.get("tokens")
         if not isinstance(ids, list) or not all(type(t) is int and 0 <= t < S.vocab_size for t in ids):
             raise P.ApiError(400, f"'tokens' must be a list of token ids in [0, {S.vocab_size})", param="tokens")
-        return {"prompt": await S.cpu(size, S.tok.decode, ids)}
+        return await reply({"prompt": await S.cpu(size, S.tok.decode, ids)}, size)
 
     # ---- feedback ----------------------------------------------------------------------------------
     @app.post("/v1/feedback")
@@ -850,7 +874,8 @@ def build_app(server: Server):
             text = (S.tok.decode(c.prompt) if echo else "") + c.text
             out.append({"index": c.index, "text": text, "logprobs": choice_logprobs(c),
                         "finish_reason": c.finish_reason})
-        return {**base, "choices": out, "usage": P.usage(n_prompt, sum(len(c.tokens) for c in holder))}
+        return await reply({**base, "choices": out, "usage": P.usage(n_prompt, sum(len(c.tokens) for c in holder))},
+                           size + sum(len(c.text) + 64 * len(c.logprobs) for c in holder))
 
     # ---- chat completions ---------------------------------------------------------------------
     @app.post("/v1/chat/completions")
@@ -956,7 +981,8 @@ def build_app(server: Server):
         out = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
                 "logprobs": P.chat_logprobs(c.logprobs, S.token_str) if logprobs is not None else None,
                 "finish_reason": c.finish_reason} for c in holder]
-        return {**base, "choices": out, "usage": P.usage(n_prompt, sum(len(c.tokens) for c in holder))}
+        return await reply({**base, "choices": out, "usage": P.usage(n_prompt, sum(len(c.tokens) for c in holder))},
+                           size + sum(len(c.text) + 64 * len(c.logprobs) for c in holder))
 
     return app
 
