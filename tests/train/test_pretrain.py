@@ -122,3 +122,34 @@ def test_wrong_vocab_and_missing_data_are_clear_errors(data_dir, tmp_path):
         pretrain(load_config(PretrainConfig, None, tiny_overrides(data_dir, tmp_path) + ["model.vocab_size=100"]))
     with pytest.raises(DijiError, match="diji data prepare"):
         pretrain(load_config(PretrainConfig, None, tiny_overrides(tmp_path / "nope", tmp_path)))
+
+
+def test_a_used_run_folder_needs_resume_or_overwrite(data_dir, tmp_path):
+    over = tiny_overrides(data_dir, tmp_path, steps=4)
+    pretrain(load_config(PretrainConfig, None, over))
+    before = losses(tmp_path / "t")
+    with pytest.raises(DijiError, match="already holds a run; pass --resume to continue it, --overwrite"):
+        pretrain(load_config(PretrainConfig, None, over))
+    assert losses(tmp_path / "t") == before  # refused before touching anything
+    # a longer budget may resume; the curve goes on
+    pretrain(load_config(PretrainConfig, None, over + ["train.max_steps=6"]), resume=True)
+    assert [s for s, _ in losses(tmp_path / "t")] == list(range(1, 7))
+    # anything else that changes is named
+    with pytest.raises(DijiError, match=r"differs from the saved one in model.hidden_size, optim.lr \("):
+        pretrain(load_config(PretrainConfig, None, over + ["optim.lr=1e-3", "model.hidden_size=16"]), resume=True)
+    pretrain(load_config(PretrainConfig, None, over + ["optim.lr=1e-3"]), overwrite=True)
+    assert [s for s, _ in losses(tmp_path / "t")] == list(range(1, 5))
+    assert json.loads((latest_checkpoint(tmp_path / "t") / "lineage.json").read_text())["config"]["optim"]["lr"] == 1e-3
+
+
+def test_cli_overwrite_and_resume_flags(data_dir, tmp_path):
+    args = [a for o in tiny_overrides(data_dir, tmp_path, steps=2) for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "diji", "train", "pretrain", "--quiet", *args]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=120).returncode == 0
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    both = subprocess.run([*cmd, "--resume", "--overwrite"], capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+    over = subprocess.run([*cmd, "--overwrite"], capture_output=True, text=True, timeout=120)
+    assert over.returncode == 0, over.stderr
+    assert json.loads(over.stdout)["step"] == 2
