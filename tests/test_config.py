@@ -1,8 +1,14 @@
+import dataclasses
+import subprocess
+import sys
+import typing
 from dataclasses import dataclass, field
 
 import pytest
 
-from diji.config import ConfigError, apply_overrides, dumps_toml, from_dict, load_config, to_dict
+from diji.config import (ConfigError, apply_overrides, describe_toml, dumps_toml, field_docs, from_dict,
+                         load_config, to_dict, tomllib)
+from diji.config_cli import STAGES, resolve, stage_class
 from diji.train.config import PretrainConfig
 
 
@@ -74,13 +80,6 @@ def test_lists_become_tuples_and_nested_dataclasses():
 
 
 # ---- discoverable configs (`diji config show|keys`) -------------------------------------------------
-import dataclasses  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tomllib  # noqa: E402
-
-from diji.config import describe_toml, field_docs  # noqa: E402
-from diji.config_cli import STAGES, resolve, stage_class  # noqa: E402
 
 # The keys each stage needs before its config is valid (so the round trip can build it).
 REQUIRED = {"pretrain": ['data.path="d"'], "sft": ["train.init_from=ckpt"], "grpo": ["train.init_from=ckpt"]}
@@ -88,7 +87,7 @@ REQUIRED = {"pretrain": ['data.path="d"'], "sft": ["train.init_from=ckpt"], "grp
 
 def leaf_fields(cls, prefix=""):
     """(section, key) for every field of every dataclass reachable from cls, read from the classes."""
-    hints = __import__("typing").get_type_hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
