@@ -324,7 +324,8 @@ def test_every_request_is_audited_with_its_real_status(checkpoint, tmp_path):  #
         h = auth("k")
         assert httpx.post(s.url + "/v1/completions", json={"prompt": "x"}).status_code == 401
         assert httpx.post(s.url + "/v1/completions", json={"prompt": "x", "n": 99}, headers=h).status_code == 400
-        assert httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, headers=h).status_code == 200
+        assert httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2, "user": "u-42"},
+                          headers=h).status_code == 200
         assert httpx.post(s.url + "/v1/completions", json={"prompt": [POISON], "max_tokens": 2},
                           headers=h).status_code == 500
         with httpx.stream("POST", s.url + "/v1/completions", headers=h,
@@ -337,6 +338,7 @@ def test_every_request_is_audited_with_its_real_status(checkpoint, tmp_path):  #
     assert got == [("completions", 401), ("completions", 400), ("completions", 200), ("completions", 500),
                    ("completions", 500)]
     assert len({r["key_id"] for r in read_audit(tmp_path) if r.get("key_id")}) == 1
+    assert [r.get("end_user") is not None for r in read_audit(tmp_path)] == [False, False, True, False, False]
 
 
 # ---- 6. the fuzz ------------------------------------------------------------------------------------

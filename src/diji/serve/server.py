@@ -776,6 +776,11 @@ def build_app(server: Server):
         info["id"] = rid
         return rid, who(request), info
 
+    def end_user(body: dict, info: dict) -> None:
+        """OpenAI's `user` (the caller's end-user id, for abuse tracing): audited, salted-hashed."""
+        if isinstance(body.get("user"), str):
+            info["end_user"] = key_id("user:" + body["user"], S.salt)
+
     # ---- completions ------------------------------------------------------------------------------
     @app.post("/v1/completions")
     async def completions(request: fastapi.Request):
@@ -786,6 +791,7 @@ def build_app(server: Server):
         S.check_model(body)
         samp = P.parse_sampling(body, ("max_tokens",), S.vocab_size, S.cfg.max_stop_chars)
         P.check_completion_extras(body, samp.n)
+        end_user(body, info)
         echo = P.parse_bool(body, "echo")
         logprobs = P.parse_logprobs_completions(body)
         if "prompt" not in body:
@@ -890,6 +896,7 @@ def build_app(server: Server):
             raise P.ApiError(400, "'messages' is required", param="messages", code="missing")
         messages = P.parse_messages(body["messages"])
         samp = P.parse_sampling(body, ("max_completion_tokens", "max_tokens"), S.vocab_size, S.cfg.max_stop_chars)
+        end_user(body, info)
         logprobs = P.parse_logprobs_chat(body)
         ids = (await S.cpu(size, render, messages, S.tok, True))[0]
         room = S.max_model_len - len(ids)
