@@ -159,3 +159,45 @@ def test_disabled_and_validation() -> None:
         QualityConfig(zh_min_cjk_fraction=2.0)
     with pytest.raises(ValueError, match="top_ngram_max_fraction"):
         QualityConfig(top_ngram_max_fraction=(0.1,))
+
+
+# ---- maths (documents of equations / worked solutions / LaTeX) ------------------------------------------
+MATH_EN = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.\n"
+    "In May she sold 48/2 = 24 clips.\n"
+    "Altogether she sold 48 + 24 = 72 clips in April and May.\n"
+    "#### 72"
+)
+MATH_ZH = "题目：小明买了3盒苹果，每盒12个，吃了5个，还剩多少个？\n解：3×12=36（个）\n36-5=31（个）\n答：还剩31个。"
+MATH_LATEX = (
+    "The discriminant is $\\Delta = b^2 - 4ac$.\n"
+    "Hence $x = \\frac{-b \\pm \\sqrt{\\Delta}}{2a}$ for $a \\neq 0$.\n"
+    "With $a = 1, b = -3, c = 2$ we get $x = 1$ or $x = 2$."
+)
+
+
+@pytest.mark.parametrize(("text", "lang"), [(MATH_EN, "en"), (MATH_ZH, "zh"), (MATH_LATEX, "en")])
+def test_worked_solutions_meet_the_maths_rules_and_pass(text: str, lang: str) -> None:
+    res = quality_filter(text, lang, CFG)
+    assert (res.family, res.reason) == ("math", None)
+    # the prose rules alone would have dropped every one of them
+    assert quality_filter(text, lang, QualityConfig(math_detect=False)).reason is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("x = 1\ny = 2", "math: too short"),
+        ("\n".join(f"x{i} = {i * 7} @@##§§¤¤~~•• value" for i in range(10)), "math: symbol soup"),
+        ("\n".join(f"{i} + {i * 3} = {i * 4} ; {i * 9} - {i} = {i * 8}" for i in range(12)), "math: too few words"),
+        ("\n".join(["Then 2 + 2 = 4 and the answer follows from it."] * 12), "repetition: duplicate lines"),
+    ],
+)
+def test_maths_junk_is_dropped_by_the_rule_named(text: str, want: str) -> None:
+    assert quality_filter(text, "en", CFG).reason == want
+
+
+def test_code_symbol_soup() -> None:
+    text = "\n".join(f"value_{i} = compute(index_{i})  # §¤¶•" for i in range(10))
+    assert F.code_quality(text, CFG) == "code: symbol soup"
+    assert F.code_quality(CODE_GOOD, CFG) is None
