@@ -6,8 +6,17 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from diji.config import (ConfigError, apply_overrides, describe_toml, dumps_toml, field_docs, from_dict,
-                         load_config, to_dict, tomllib)
+from diji.config import (
+    ConfigError,
+    apply_overrides,
+    describe_toml,
+    dumps_toml,
+    field_docs,
+    from_dict,
+    load_config,
+    to_dict,
+    tomllib,
+)
 from diji.config_cli import STAGES, resolve, stage_class
 from diji.train.config import PretrainConfig
 
