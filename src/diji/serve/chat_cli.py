@@ -39,7 +39,7 @@ class ChatSession:
         self.model, self.tok, self.system = model.eval(), tokenizer, system
         try:
             self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                         stop_ids=(tokenizer.im_end_id, tokenizer.eos_id), seed=seed)
+                                         stop_ids=tokenizer.stop_ids, seed=seed)
         except ValueError as e:
             raise DijiError(str(e)) from None
         self.reset()

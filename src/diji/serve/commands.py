@@ -9,11 +9,6 @@ import sys
 from diji.errors import DijiError
 
 
-def _stop_ids(tok) -> tuple[int, ...]:
-    ids = getattr(tok, "stop_ids", None)  # the tokenizer's own list (every EOS + end of turn) when it has one
-    return tuple(ids) if ids else (tok.eos_id, tok.im_end_id)
-
-
 def _generate(args: argparse.Namespace) -> int:
     from diji.compute.device import select_device
     from diji.data.tokenizer import Tokenizer
@@ -23,12 +18,12 @@ def _generate(args: argparse.Namespace) -> int:
     device = select_device(args.device).device
     loaded = load_checkpoint(args.checkpoint, device=device)
     tok = Tokenizer.from_file(loaded.tokenizer_file)
-    ids = tok.encode(args.prompt)
+    ids = tok.encode_prompt(args.prompt)
     if not ids:
         raise DijiError("the prompt is empty; pass some text with --prompt")
     try:
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, stop_ids=_stop_ids(tok),
+                                top_k=args.top_k, top_p=args.top_p, stop_ids=tok.stop_ids,
                                 seed=args.seed)
     except ValueError as e:
         raise DijiError(str(e)) from None

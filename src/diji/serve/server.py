@@ -32,8 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from diji.data.chat import CHAT_TEMPLATE, render
-from diji.data.tokenizer import SPECIAL_TOKENS, Tokenizer
+from diji.data.chat import render
+from diji.data.tokenizer import Tokenizer
 from diji.errors import DijiError
 from diji.safety.audit import AuditLog, key_id, new_salt
 from diji.safety.policy import Decision, Moderator, Policy, RateLimit, RateLimiter
@@ -135,27 +135,23 @@ class _Gone(Exception):
     """The client went away while we read its body: nobody to answer, nothing to log."""
 
 
-def _stop_ids(tok: Tokenizer) -> tuple[int, ...]:
-    """Every id that ends a chat reply (the tokenizer's own list once it has one)."""
-    ids = getattr(tok, "stop_ids", None)
-    return tuple(ids) if ids else (tok.eos_id, tok.im_end_id)
-
-
-def _encode_prompt(tok: Tokenizer, text: str) -> list[int]:
+def _encode_prompt(tok: Tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
     """A completion prompt is the caller's own raw text (no turn of anyone else's to forge), so special
-    token strings in it are the special tokens, as in vLLM; chat messages never get this (render())."""
+    token strings in it are the special tokens, as in vLLM; chat messages never get this (render()).
+    BOS comes first where the tokenizer adds one (Llama 3), unless the caller asks for no special tokens."""
+    ids = tok.encode(text, allow_special=True)
+    bos = tok.bos_id
+    if add_special_tokens and tok.add_bos and bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    return ids
+
+
+def _render(messages: list[dict], tok: Tokenizer, add_generation_prompt: bool) -> list[int]:
+    """The checkpoint's chat template; a template that refuses the conversation is the client's 400."""
     try:
-        return tok.encode(text, allow_special=True)
-    except TypeError:  # a tokenizer whose encode always parses special tokens
-        return tok.encode(text)
-
-
-def _is_special_fn(tok: Tokenizer):
-    fn = getattr(tok, "is_special", None)
-    if fn is not None:
-        return fn
-    specials = set(SPECIAL_TOKENS)
-    return lambda i: tok.decode([i]) in specials
+        return render(messages, tok, add_generation_prompt=add_generation_prompt)[0]
+    except ValueError as e:
+        raise P.ApiError(400, str(e)[:500], param="messages", code="invalid_value") from None
 
 
 class Server:
@@ -183,7 +179,7 @@ class Server:
         self.salt = new_salt()  # per run: key ids in the audit log cannot be linked across runs
         self.metrics = ServeMetrics()
         self.vocab_size = model.config.vocab_size
-        self.chat_template = getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE
+        self.chat_template = tokenizer.chat_template or ""
         self.template_has_tools = "tools" in self.chat_template
         self._token_str_cache: dict[int, str] = {}
         self._responses: OrderedDict[str, str] = OrderedDict()  # response id → the caller who got it
@@ -191,7 +187,7 @@ class Server:
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="diji-cpu")
         vocab = self.vocab_size
         engine = Engine(model, tokenizer.decode, cfg.engine,
-                        json_vocab=lambda: token_texts(tokenizer.decode, vocab, _is_special_fn(tokenizer)))
+                        json_vocab=lambda: token_texts(tokenizer.decode, vocab, tokenizer.is_special))
         self.max_model_len = engine.max_model_len
         self.engine = AsyncEngine(engine, on_step=self._on_step)
 
@@ -695,18 +691,13 @@ def build_app(server: Server):
         return model_card()
 
     # ---- tokenizer endpoints (vLLM's shapes, read by lm-eval's RemoteTokenizer) -----------------
-    def special(name: str, tid: int | None) -> str | None:
-        named = getattr(S.tok, "special_tokens", None)
-        if isinstance(named, dict) and name in named:
-            return named[name]
-        return None if tid is None else SPECIAL_TOKENS[tid]
-
     @app.get("/tokenizer_info")
     async def tokenizer_info():
-        return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": special("bos_token", S.tok.bos_id),
-                "eos_token": special("eos_token", S.tok.eos_id), "pad_token": special("pad_token", S.tok.pad_id),
-                "chat_template": S.chat_template, "model_max_length": S.max_model_len,
-                "vocab_size": S.tok.vocab_size, "add_bos_token": False}
+        named = S.tok.special_tokens  # the tokenizer's own strings (Llama 3's, Qwen's…), not diji's defaults
+        return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": named.get("bos_token"),
+                "eos_token": named.get("eos_token"), "pad_token": named.get("pad_token", named.get("eos_token")),
+                "chat_template": S.chat_template or None, "model_max_length": S.max_model_len,
+                "vocab_size": S.tok.vocab_size, "add_bos_token": S.tok.add_bos}
 
     @app.post("/tokenize")
     async def tokenize(request: fastapi.Request):
@@ -714,13 +705,13 @@ def build_app(server: Server):
         P.check_fields(body, P.TOKENIZE_FIELDS)
         S.check_model(body)
         add = P.parse_bool(body, "add_generation_prompt", True)
-        # add_special_tokens: diji's encode adds none (no BOS is configured), so True and False agree.
-        P.parse_bool(body, "add_special_tokens")
+        # vLLM's meaning: add the tokenizer's own specials (BOS where it adds one) to a prompt; default true.
+        add_special = P.parse_bool(body, "add_special_tokens", True)
         if "messages" in body:
             messages = P.parse_messages(body["messages"])
-            ids = (await S.cpu(size, render, messages, S.tok, add))[0]
+            ids = await S.cpu(size, _render, messages, S.tok, add)
         elif isinstance(body.get("prompt"), str):
-            ids = await S.cpu(size, _encode_prompt, S.tok, body["prompt"])
+            ids = await S.cpu(size, _encode_prompt, S.tok, body["prompt"], add_special)
         else:
             raise P.ApiError(400, "'prompt' must be a string (or pass 'messages')", param="prompt")
         out: dict[str, Any] = {"count": len(ids), "max_model_len": S.max_model_len, "tokens": ids}
@@ -898,7 +889,7 @@ def build_app(server: Server):
         samp = P.parse_sampling(body, ("max_completion_tokens", "max_tokens"), S.vocab_size, S.cfg.max_stop_chars)
         end_user(body, info)
         logprobs = P.parse_logprobs_chat(body)
-        ids = (await S.cpu(size, render, messages, S.tok, True))[0]
+        ids = await S.cpu(size, _render, messages, S.tok, True)
         room = S.max_model_len - len(ids)
         max_tokens = samp.max_tokens if samp.max_tokens is not None else max(0, min(S.cfg.default_max_tokens, room))
         S.check_length(ids, max_tokens)
@@ -938,7 +929,7 @@ def build_app(server: Server):
                                          "logprobs": None, "finish_reason": "content_filter"} for i in range(samp.n)],
                     "usage": P.usage(n_prompt, 0)}
 
-        params = S.gen_params(samp, max_tokens, _stop_ids(S.tok), logprobs, None)
+        params = S.gen_params(samp, max_tokens, S.tok.stop_ids, logprobs, None)
         gen = S.run(rid, [ids], params, samp.n, arrived)
 
         def finish(chs):
