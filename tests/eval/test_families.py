@@ -175,7 +175,7 @@ def test_math_chat_mode_renders_few_shot_turns(lm, tmp_path):
     res = evaluate_math(fake, path, EvalSettings(mode="chat", num_fewshot=1), BAR, "m")
     want = render_text([{"role": "user", "content": rows[1]["question"]},
                         {"role": "assistant", "content": rows[1]["answer"]},
-                        {"role": "user", "content": rows[0]["question"]}], add_generation_prompt=True)
+                        {"role": "user", "content": rows[0]["question"]}], lm.tokenizer, add_generation_prompt=True)
     assert lm.tokenizer.decode(fake.calls[0]["prompts"][0]) == want
     assert fake.calls[0]["stops"] == () and res.settings["mode"] == "chat" and "format" in res.metrics
     # auto mode picks chat for chat-trained checkpoints and completion otherwise

@@ -420,13 +420,17 @@ class GRPOStage:
     def state_dict(self) -> dict:
         # A pending rollout (μ > 1) is rank 0's share only; under torchrun a resume samples a fresh one.
         pending = self.pending if self.world == 1 else None
+        # As a plain dict of tensors: training state is unpickled with weights_only=True (no custom classes).
+        pending = vars(pending).copy() if pending is not None else None
         return {"epoch": self.epoch, "cursor": self.cursor, "rollouts": self.rollouts,
                 "pending": pending, "pending_uses": self.pending_uses if pending is not None else 0}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor, self.rollouts = state["epoch"], state["cursor"], state["rollouts"]
         self._perm = self._permutation(self.epoch)
-        self.pending, self.pending_uses = state.get("pending"), state.get("pending_uses", 0)
+        pending = state.get("pending")
+        self.pending = Rollout(**pending) if isinstance(pending, dict) else pending
+        self.pending_uses = state.get("pending_uses", 0)
 
 
 def grpo(cfg: GRPOConfig, resume: bool = False) -> dict[str, Any]:
