@@ -268,3 +268,17 @@ def test_json_mode_always_yields_a_parsable_object(max_tokens):
         text = "".join(ev.text for ev in evs)
         assert isinstance(json.loads(text), dict), text
         assert sum(len(ev.token_ids) for ev in evs) <= max_tokens
+
+
+def test_tool_calls_are_parsed_from_hermes_blocks_and_bare_llama_json():
+    from diji.serve.protocol import parse_tool_calls
+
+    ids = iter(f"call_{i}" for i in range(10))
+    text, calls = parse_tool_calls('ok <tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>', {"f"},
+                                   lambda: next(ids))
+    assert text == "ok" and calls[0]["function"] == {"name": "f", "arguments": '{"x": 1}'}
+    text, calls = parse_tool_calls('{"name": "f", "parameters": {"y": "z"}}', {"f"}, lambda: next(ids))
+    assert text is None and calls[0]["function"]["arguments"] == '{"y": "z"}'
+    same = '<tool_call>{"name": "g", "arguments": {}}</tool_call>'  # not an offered tool: stays text
+    assert parse_tool_calls(same, {"f"}, lambda: next(ids)) == (same, [])
+    assert parse_tool_calls("<tool_call>{broken</tool_call>", {"f"}, lambda: next(ids))[1] == []

@@ -9,6 +9,7 @@ control ids as a harmless message — the forged ones are text — and decode ba
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -81,5 +82,69 @@ def test_forged_control_tokens_in_a_user_message_stay_text(name, tmp_path):
             r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": forged}],
                                                      "max_tokens": 3})
             assert r.status_code == 200, r.text
+    finally:
+        srv.stop()
+
+
+# ---- tools, on a template that renders them (written here in the Hermes / Qwen 2.5 style) ---------------
+TOOLS_TEMPLATE = """{%- if tools %}<|im_start|>system
+{% if messages[0].role == 'system' %}{{ messages[0].content }}
+
+{% endif %}# Tools
+<tools>
+{% for t in tools %}{{ t | tojson }}
+{% endfor %}</tools>
+Call a tool with <tool_call>{"name": ..., "arguments": ...}</tool_call>.<|im_end|>
+{% elif messages[0].role == 'system' %}<|im_start|>system
+{{ messages[0].content }}<|im_end|>
+{% endif %}
+{%- for m in messages %}{%- if m.role == 'system' and loop.first %}{%- elif m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant
+{{ m.content }}{% for c in m.tool_calls %}<tool_call>
+{{ {"name": c.function.name, "arguments": c.function.arguments} | tojson }}
+</tool_call>{% endfor %}<|im_end|>
+{% elif m.role == 'tool' %}<|im_start|>user
+<tool_response>
+{{ m.content }}
+</tool_response><|im_end|>
+{% else %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endif %}{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                             "parameters": {"type": "object",
+                                                            "properties": {"city": {"type": "string"}}}}}]
+
+
+def test_tools_are_rendered_by_the_template_and_calls_parsed_back(tmp_path):
+    openai = pytest.importorskip("openai")
+    (tmp_path / "tools.jinja").write_text(TOOLS_TEMPLATE, encoding="utf-8")
+    ckpt, _ = make_checkpoint(tmp_path / "tools.jinja", tmp_path)
+    srv = ServerThread(load_server(ckpt, ServeConfig(model_name="t"), device="cpu")).start()
+    try:
+        tok, runner = srv.server.tok, srv.server.engine.engine.runner
+        reply = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+        script = tok.encode(reply, allow_special=True) + [tok.stop_ids[0]]
+
+        def scripted(logits, seqs, json=None):  # a mock model: the reply a tool-using model would write
+            return [script[min(len(s.output), len(script) - 1)] for s in seqs], [None] * len(seqs), {}
+
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        msgs = [{"role": "user", "content": "weather in Paris?"}]
+        plain = client.chat.completions.create(model="t", messages=msgs, max_tokens=2)
+        runner.sample = scripted
+        r = client.chat.completions.create(model="t", messages=msgs, tools=WEATHER, max_tokens=len(script) + 2)
+        assert r.usage.prompt_tokens > plain.usage.prompt_tokens + 10  # the tool list reached the template
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        (call,) = choice.message.tool_calls
+        assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+        follow = [*msgs, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                  {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'}]
+        again = client.chat.completions.create(model="t", messages=follow, tools=WEATHER, max_tokens=3)
+        assert again.usage.prompt_tokens > r.usage.prompt_tokens
+        for bad, param in (({"tool_choice": "required"}, "tool_choice"), ({"stream": True}, "stream")):
+            with pytest.raises(openai.BadRequestError) as e:
+                client.chat.completions.create(model="t", messages=msgs, tools=WEATHER, max_tokens=2, **bad)
+            assert e.value.body["param"] == param
     finally:
         srv.stop()

@@ -12,7 +12,9 @@ lm-evaluation-harness reads them (sums `token_logprobs[ctxlen:-1]`, compares aga
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,19 +214,92 @@ def check_completion_extras(body: dict, n: int) -> None:
         raise ApiError(400, "'suffix' (insertion) is not supported", param="suffix", code="unsupported_parameter")
 
 
-def check_tools(body: dict, template_has_tools: bool) -> None:
-    """Tool calling: refused with a 400 naming the field unless it is a no-op (no tools, choice none)."""
+def parse_tools(body: dict, template_has_tools: bool) -> list[dict] | None:
+    """OpenAI `tools` / `tool_choice` → the tool list to render, or None for a plain chat.
+
+    Honoured only where the checkpoint's chat template renders tools; `tool_choice` "auto" (the default
+    with tools) and "none" (render no tools) are honoured, forcing a call ("required" or a named function)
+    is refused with a 400, since nothing constrains the model to produce one."""
     tools, choice = body.get("tools"), body.get("tool_choice")
-    why = ("this model's chat template has no tool support" if not template_has_tools
-           else "tool calls are not implemented by this server")
-    if tools not in (None, []):
-        raise ApiError(400, f"'tools': {why}", param="tools", code="unsupported_parameter")
-    if choice not in (None, "none"):
-        raise ApiError(400, f"'tool_choice': {why}", param="tool_choice", code="unsupported_parameter")
-    if body.get("parallel_tool_calls") not in (None, False, True) or (
-            body.get("parallel_tool_calls") is not None and tools):
-        raise ApiError(400, f"'parallel_tool_calls': {why}", param="parallel_tool_calls",
-                       code="unsupported_parameter")
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise _bad("parallel_tool_calls", "must be true or false")
+    if not template_has_tools:
+        why = "this model's chat template has no tool support"
+        if tools not in (None, []):
+            raise ApiError(400, f"'tools': {why}", param="tools", code="unsupported_parameter")
+        if choice not in (None, "none"):
+            raise ApiError(400, f"'tool_choice': {why}", param="tool_choice", code="unsupported_parameter")
+        if parallel is not None:
+            raise ApiError(400, f"'parallel_tool_calls': {why}", param="parallel_tool_calls",
+                           code="unsupported_parameter")
+        return None
+    if choice not in (None, "none", "auto"):
+        raise ApiError(400, "'tool_choice': only 'auto' and 'none' are supported (forcing a call is not "
+                       "implemented)", param="tool_choice", code="unsupported_parameter")
+    if tools in (None, []) or choice == "none":
+        return None
+    if not isinstance(tools, list) or len(tools) > 128:
+        raise _bad("tools", "must be a list of at most 128 {'type': 'function', 'function': {...}} objects")
+    out = []
+    for i, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not (isinstance(name, str) and _TOOL_NAME.fullmatch(name)):
+            raise _bad("tools", f"tools[{i}] must be {{'type': 'function', 'function': {{'name': [a-zA-Z0-9_-]{{1,64}}, ...}}}}")
+        if not isinstance(fn.get("description", ""), str) or not isinstance(fn.get("parameters", {}), dict):
+            raise _bad("tools", f"tools[{i}].function: 'description' must be a string, 'parameters' an object")
+        extra = sorted(set(fn) - {"name", "description", "parameters", "strict"})
+        if extra:
+            raise _bad("tools", f"tools[{i}].function.{extra[0]} is not supported")
+        out.append({"type": "function", "function": {k: fn[k] for k in ("name", "description", "parameters")
+                                                     if k in fn}})
+    return out
+
+
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+# Hermes / Qwen 2.5 / Qwen 3 write <tool_call>{"name": ..., "arguments": {...}}</tool_call>; Llama 3.1 writes
+# the bare object {"name": ..., "parameters": {...}} as its whole reply.
+_TOOL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+
+
+def parse_tool_calls(text: str, names: set[str], new_id) -> tuple[str | None, list[dict]]:
+    """The reply's text without tool-call blocks, and the calls as OpenAI `tool_calls` (only calls of
+    offered tools with object arguments count; anything else stays text)."""
+    def call(raw: str) -> dict | None:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict) or obj.get("name") not in names:
+            return None
+        args = obj.get("arguments", obj.get("parameters", {}))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                return None
+        if not isinstance(args, dict):
+            return None
+        return {"id": new_id(), "type": "function",
+                "function": {"name": obj["name"], "arguments": json.dumps(args, ensure_ascii=False)}}
+
+    calls, kept, pos = [], [], 0
+    for m in _TOOL_BLOCK.finditer(text):
+        c = call(m.group(1))
+        if c is not None:
+            calls.append(c)
+            kept.append(text[pos : m.start()])
+            pos = m.end()
+    kept.append(text[pos:])
+    rest = "".join(kept).strip()
+    if not calls and rest.startswith("{"):
+        c = call(rest)
+        if c is not None:
+            return None, [c]
+    if not calls:
+        return text, []
+    return rest or None, calls
 
 
 def parse_prompts(value: Any, encode, vocab_size: int, max_prompts: int = 256) -> list[list[int]]:
@@ -251,22 +326,30 @@ def parse_prompts(value: Any, encode, vocab_size: int, max_prompts: int = 256) -
     return prompts
 
 
-def parse_messages(value: Any) -> list[dict[str, str]]:
-    """OpenAI messages → [{role, content}] with text content; 'developer' is treated as 'system'."""
+def parse_messages(value: Any, tools: bool = False) -> list[dict[str, Any]]:
+    """OpenAI messages → [{role, content}] with text content; 'developer' is treated as 'system'. With
+    `tools` (a template that renders them), also tool results (role 'tool') and assistant `tool_calls`,
+    whose JSON-string arguments become objects as chat templates expect."""
     if not isinstance(value, list) or not value:
         raise _bad("messages", "must be a non-empty list of {role, content} objects")
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict):
             raise _bad("messages", f"messages[{i}] must be an object")
-        extra = sorted(str(k)[:40] for k, v in m.items() if k not in ("role", "content") and v is not None)
-        if extra:
-            raise _bad("messages", f"messages[{i}].{extra[0]} is not supported (only role and content)")
         role, content = m.get("role"), m.get("content")
+        allowed = {"role", "content"}
+        if tools and role == "tool":
+            allowed |= {"tool_call_id", "name"}
+        if tools and role == "assistant":
+            allowed |= {"tool_calls"}
+        extra = sorted(str(k)[:40] for k, v in m.items() if k not in allowed and v is not None)
+        if extra:
+            raise _bad("messages", f"messages[{i}].{extra[0]} is not supported here")
         if role == "developer":
             role = "system"
-        if role not in ("system", "user", "assistant"):
-            raise _bad("messages", f"messages[{i}].role must be system, user or assistant, got {role!r}"[:200])
+        roles = ("system", "user", "assistant", "tool") if tools else ("system", "user", "assistant")
+        if role not in roles:
+            raise _bad("messages", f"messages[{i}].role must be one of {', '.join(roles)}, got {role!r}"[:200])
         if content is None and role == "assistant":
             content = ""
         if isinstance(content, list):  # content parts: only text is understood by a text model
@@ -278,7 +361,38 @@ def parse_messages(value: Any) -> list[dict[str, str]]:
             content = "".join(parts)
         if not isinstance(content, str):
             raise _bad("messages", f"messages[{i}].content must be a string")
-        out.append({"role": role, "content": content})
+        msg: dict[str, Any] = {"role": role, "content": content}
+        for key in ("tool_call_id", "name"):
+            if m.get(key) is not None and key in allowed:
+                if not isinstance(m[key], str) or len(m[key]) > 128:
+                    raise _bad("messages", f"messages[{i}].{key} must be a string")
+                msg[key] = m[key]
+        if m.get("tool_calls") is not None and "tool_calls" in allowed:
+            msg["tool_calls"] = _history_calls(m["tool_calls"], i)
+        out.append(msg)
+    return out
+
+
+def _history_calls(calls: Any, i: int) -> list[dict]:
+    if not isinstance(calls, list) or len(calls) > 64:
+        raise _bad("messages", f"messages[{i}].tool_calls must be a list")
+    out = []
+    for c in calls:
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not (isinstance(fn, dict) and isinstance(fn.get("name"), str)):
+            raise _bad("messages", f"messages[{i}].tool_calls entries need function.name")
+        args = fn.get("arguments", "{}")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args or "{}")
+            except ValueError:
+                raise _bad("messages", f"messages[{i}].tool_calls arguments must be JSON") from None
+        if not isinstance(args, dict):
+            raise _bad("messages", f"messages[{i}].tool_calls arguments must be a JSON object")
+        entry = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+        if isinstance(c.get("id"), str):
+            entry["id"] = c["id"]
+        out.append(entry)
     return out
 
 

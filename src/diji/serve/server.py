@@ -146,10 +146,12 @@ def _encode_prompt(tok: Tokenizer, text: str, add_special_tokens: bool = True) -
     return ids
 
 
-def _render(messages: list[dict], tok: Tokenizer, add_generation_prompt: bool) -> list[int]:
+def _render(messages: list[dict], tok: Tokenizer, add_generation_prompt: bool,
+            tools: list[dict] | None = None) -> list[int]:
     """The checkpoint's chat template; a template that refuses the conversation is the client's 400."""
     try:
-        return render(messages, tok, add_generation_prompt=add_generation_prompt)[0]
+        kwargs = {"tools": tools} if tools else None
+        return render(messages, tok, add_generation_prompt=add_generation_prompt, template_kwargs=kwargs)[0]
     except ValueError as e:
         raise P.ApiError(400, str(e)[:500], param="messages", code="invalid_value") from None
 
@@ -882,14 +884,20 @@ def build_app(server: Server):
         body, size = await _read_json(request, S)
         P.check_fields(body, P.CHAT_FIELDS)
         S.check_model(body)
-        P.check_tools(body, S.template_has_tools)
+        tools = P.parse_tools(body, S.template_has_tools)
         if "messages" not in body:
             raise P.ApiError(400, "'messages' is required", param="messages", code="missing")
-        messages = P.parse_messages(body["messages"])
+        messages = P.parse_messages(body["messages"], tools=S.template_has_tools)
         samp = P.parse_sampling(body, ("max_completion_tokens", "max_tokens"), S.vocab_size, S.cfg.max_stop_chars)
+        if tools and samp.stream:
+            raise P.ApiError(400, "'stream' together with 'tools' is not supported; ask without stream",
+                             param="stream", code="unsupported_parameter")
+        if tools and samp.json_mode:
+            raise P.ApiError(400, "'response_format' json_object cannot be combined with 'tools'",
+                             param="response_format", code="unsupported_parameter")
         end_user(body, info)
         logprobs = P.parse_logprobs_chat(body)
-        ids = await S.cpu(size, _render, messages, S.tok, True)
+        ids = await S.cpu(size, _render, messages, S.tok, True, tools)
         room = S.max_model_len - len(ids)
         max_tokens = samp.max_tokens if samp.max_tokens is not None else max(0, min(S.cfg.default_max_tokens, room))
         S.check_length(ids, max_tokens)
@@ -976,9 +984,18 @@ def build_app(server: Server):
         if holder is None:
             return Response(status_code=CLIENT_CLOSED)
         finish(holder)
-        out = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
-                "logprobs": P.chat_logprobs(c.logprobs, S.token_str) if logprobs is not None else None,
-                "finish_reason": c.finish_reason} for c in holder]
+        names = {t["function"]["name"] for t in tools or ()}
+        out = []
+        for c in holder:
+            message: dict[str, Any] = {"role": "assistant", "content": c.text}
+            reason = c.finish_reason
+            if tools and reason != "content_filter":
+                content, calls = P.parse_tool_calls(c.text, names, lambda: S.engine.next_id("call"))
+                if calls:
+                    message = {"role": "assistant", "content": content, "tool_calls": calls}
+                    reason = "tool_calls"
+            out.append({"index": c.index, "message": message, "finish_reason": reason,
+                        "logprobs": P.chat_logprobs(c.logprobs, S.token_str) if logprobs is not None else None})
         return await reply({**base, "choices": out, "usage": P.usage(n_prompt, sum(len(c.tokens) for c in holder))},
                            size + sum(len(c.text) + 64 * len(c.logprobs) for c in holder))
 
