@@ -70,7 +70,7 @@ def guide_blocks(kind: str) -> list[str]:
 
 def guide_commands() -> list[str]:
     lines = [ln.strip() for block in guide_blocks("bash") for ln in block.splitlines()]
-    return [ln for ln in lines if ln.startswith("diji ")]
+    return [ln for ln in lines if ln.startswith("diji ") or re.match(r'^echo ".*" \| diji ', ln)]
 
 
 def free_port() -> int:
@@ -79,9 +79,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, env: dict, stdin: str | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "diji", *cmd[1:]], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, input=stdin)
     assert done.returncode == 0, f"{shlex.join(cmd)} exited {done.returncode}:\n{done.stderr[-2000:]}"
     assert "Traceback" not in done.stderr
     return done
@@ -114,7 +114,11 @@ def test_open_model_end_to_end_through_the_guide(tmp_path):
     server = None
     try:
         for line in guide_commands():
-            cmd = shlex.split(line.split("#", 1)[0] if " #" in line else line)
+            stdin = None
+            if line.startswith("echo "):  # `echo "text" | diji chat …`: the text is the chat's input
+                echo, line = line.split(" | ", 1)
+                stdin = shlex.split(echo)[1] + "\n"
+            cmd = shlex.split(line.split(" #", 1)[0])
             if cmd[1] == "serve":
                 cmd = [c if c != "8000" else str(port) for c in cmd]
                 server = subprocess.Popen([sys.executable, "-m", "diji", *cmd[1:]], cwd=cwd, env=env,
@@ -125,7 +129,9 @@ def test_open_model_end_to_end_through_the_guide(tmp_path):
                         exec(compile(block.replace("8000", str(port)), "guide", "exec"), {})
                 check_openai(openai, port, cwd / "ckpt" / "merged")
                 continue
-            run(cmd, cwd, env)
+            done = run(cmd, cwd, env, stdin)
+            if cmd[1] == "generate":
+                assert done.stdout.strip(), f"{line}: printed nothing"
     finally:
         if server is not None:
             server.terminate()
