@@ -43,6 +43,8 @@ class ServeMetrics:
                                      registry=r)
         self.sequence_errors = pc.Counter("diji_sequence_errors", "Sequences that failed in the engine "
                                           "(their request got an error; the batch went on)", registry=r)
+        self.audit_failures = pc.Counter("diji_audit_failures", "Audit records that could not be written",
+                                         registry=r)
         self.engine_alive = pc.Gauge("diji_engine_alive", "1 while the engine thread runs, 0 once it stopped",
                                      registry=r)
 

@@ -566,8 +566,12 @@ class _Gate:
             name = AUDIT_NAMES.get(path) or ("models" if path.startswith("/v1/models/") else "other")
             if path not in ("/", "/health", "/metrics"):  # page loads, probes and scrapes are not requests
                 fields = {k: v for k, v in info.items() if k not in ("status", "id", "who")}
-                S.audit.request(id=info.get("id") or S.engine.next_id("req"), key_id=info.get("who"),
-                                endpoint=name, status=code, **fields)
+                try:
+                    S.audit.request(id=info.get("id") or S.engine.next_id("req"), key_id=info.get("who"),
+                                    endpoint=name, status=code, **fields)
+                except OSError as e:  # a full disk must not turn answered requests into errors
+                    S.metrics.audit_failures.inc()
+                    log.warning("audit record not written: %s", e)
 
     def check(self, scope, path: str, headers: dict[str, str], info: dict):
         """(status, error, extra headers) for a request refused before routing, else None."""
