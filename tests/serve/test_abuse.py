@@ -231,6 +231,34 @@ def test_queue_limit_answers_503_with_retry_after(checkpoint):  # noqa: F811
         s.stop()
 
 
+def test_connection_cap_refuses_at_once_and_slow_bodies_time_out(checkpoint):  # noqa: F811
+    s = serve(checkpoint, max_connections=3, body_timeout_s=1.0)
+    try:
+        host, port = s.url.removeprefix("http://").split(":")
+        slow = []
+        for _ in range(6):  # clients that declare a body and never finish it
+            c = socket.create_connection((host, int(port)))
+            c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{")
+            c.settimeout(5)
+            slow.append((c, time.monotonic()))
+            time.sleep(0.1)  # one by one: uvicorn counts a connection from its accept on
+        t0 = time.monotonic()
+        busy = httpx.get(s.url + "/health", timeout=10)
+        assert busy.status_code == 503 and time.monotonic() - t0 < 0.5  # over the cap: refused at once
+        replies = []
+        for c, t0 in slow:
+            replies.append((c.recv(4096)[:12], time.monotonic() - t0))
+            c.close()
+        refused = [t for head, t in replies if head == b"HTTP/1.1 503"]
+        timed_out = [t for head, t in replies if head == b"HTTP/1.1 408"]
+        assert refused and timed_out and len(refused) + len(timed_out) == 6, replies
+        assert 1.0 <= min(timed_out) < 4  # the slow bodies are cut after the body timeout
+        assert httpx.get(s.url + "/health", timeout=10).status_code == 200
+    finally:
+        s.stop()
+
+
 def test_a_large_tokenize_does_not_stall_health(srv):
     text = "the model reads tokens " * 12_000  # ~280 KB: parsed and tokenised on a worker thread
     result = {}
