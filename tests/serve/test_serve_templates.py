@@ -33,7 +33,8 @@ TEXT = ["What is the answer to this question", "你好，今天我们学习加�
 
 
 def control_tokens(template: str) -> list[str]:
-    return sorted(set(re.findall(r"<\|[^|<>\s]+\|>|<｜[^｜<>]+｜>", template)))
+    """<|…|>, DeepSeek's <｜…｜> and Mistral's [INST]-style tokens the template spells out."""
+    return sorted(set(re.findall(r"<\|[^|<>\s]+\|>|<｜[^｜<>]+｜>|\[/?[A-Z][A-Z_]{2,}\]", template)))
 
 
 def template_names() -> list[str]:
@@ -46,8 +47,14 @@ def make_checkpoint(template_file: Path, out: Path) -> tuple[Path, list[str]]:
 
     template = template_file.read_text(encoding="utf-8")
     controls = control_tokens(template)
-    eos = next((t for t in EOS_NAMES if t in controls), controls[-1])
+    eos = next((t for t in EOS_NAMES if t in controls), None)
     bos = next((t for t in BOS_NAMES if t in controls), None)
+    if eos is None:  # a template that writes eos_token / bos_token by variable (Mistral, DeepSeek-V2)
+        eos = "</s>"
+        controls.append(eos)
+    if bos is None and "bos_token" in template:
+        bos = "<s>"
+        controls.append(bos)
     tok = tokenizers.Tokenizer(tokenizers.models.BPE())
     tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = tokenizers.decoders.ByteLevel()
@@ -59,7 +66,7 @@ def make_checkpoint(template_file: Path, out: Path) -> tuple[Path, list[str]]:
     fast.save_pretrained(out / "tok")
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=512)
+                      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=4096)
     return save_checkpoint(out / "ckpt", Transformer(cfg), out / "tok" / "tokenizer.json", {"stage": "test"}), controls
 
 
