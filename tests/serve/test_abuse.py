@@ -469,3 +469,19 @@ def test_fuzz_thousands_of_hostile_requests_no_5xx_while_a_stream_runs(srv):
     assert bg.runs >= 1 and not bg.failures, bg.failures
     assert metrics_5xx(srv.url) == before
     print("fuzz statuses", dict(sorted(statuses.items())), "background streams", bg.runs)
+
+
+def test_serve_loads_in_the_requested_dtype(checkpoint):  # noqa: F811
+    import torch
+
+    conf = ServeConfig(model_name=MODEL_NAME, engine=EngineConfig(max_batch_size=2, max_model_len=128))
+    s = ServerThread(load_server(checkpoint, conf, device="cpu", dtype="bfloat16")).start()
+    try:
+        runner = s.server.engine.engine.runner
+        assert runner.dtype == torch.bfloat16 and runner.cache.k[0].dtype == torch.bfloat16
+        assert runner.cache.k[0].shape[2] == 128  # --max-model-len sizes the KV cache
+        r = httpx.post(s.url + "/v1/chat/completions", json={**CHAT, "response_format": {"type": "json_object"}},
+                       timeout=60)
+        assert r.status_code == 200 and isinstance(json.loads(r.json()["choices"][0]["message"]["content"]), dict)
+    finally:
+        s.stop()

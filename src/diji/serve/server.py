@@ -1016,16 +1016,9 @@ def load_server(checkpoint: str | Path, cfg: ServeConfig, policy: Policy | None 
     from diji.train.checkpoint import load_checkpoint
 
     dev = select_device(device).device
-    if dtype is None:
-        loaded = load_checkpoint(checkpoint, device=dev)
-    else:
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise DijiError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
-        try:
-            loaded = load_checkpoint(checkpoint, device=dev, dtype=dtype)
-        except TypeError:  # a loader without dtype: cast after loading
-            loaded = load_checkpoint(checkpoint, device=dev)
-            loaded.model.to(getattr(torch, dtype))
+    if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
+        raise DijiError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    loaded = load_checkpoint(checkpoint, device=dev, dtype=getattr(torch, dtype) if dtype else None)
     tok = Tokenizer.from_file(loaded.tokenizer_file)
     return Server(loaded.model, tok, cfg, policy, model_name=Path(checkpoint).resolve().name)
 
