@@ -93,3 +93,26 @@ def test_context_overflow_and_bad_params_are_value_errors(model):
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0)
     assert generate(model, [[1, 2]], SamplingParams(max_new_tokens=0))[0].tokens == []
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1e-300), dict(temperature=1.0, top_p=1e-300),
+                                dict(temperature=1e-300, top_p=1e-300, top_k=3), dict(temperature=1e-45)])
+def test_tiny_temperature_or_top_p_behaves_like_greedy_never_nan(kw):
+    logits = torch.tensor([[0.1, 3.0, 0.2, -1.0], [2.0, 0.0, 5.0, 1.0], [-1e30, 7.0, 6.999, float("-inf")]])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        assert sample(logits, kw.get("temperature", 1.0), kw.get("top_k", 0), kw.get("top_p", 1.0),
+                      gen).tolist() == [1, 2, 1]
+
+
+def test_huge_temperature_and_non_finite_logits_still_sample_a_valid_token():
+    logits = torch.tensor([[0.1, 3.0, 0.2, -1.0], [float("nan"), 1.0, float("inf"), 0.0]])
+    for t in (1e300, 1.0):
+        tok = sample(logits, t, generator=torch.Generator().manual_seed(1))
+        assert tok.shape == (2,) and all(0 <= int(i) < 4 for i in tok)
+
+
+def test_generate_with_tiny_temperature_equals_greedy(model):
+    greedy = generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=8))[0].tokens
+    tiny = generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=8, temperature=1e-300, top_p=1e-300, seed=0))
+    assert tiny[0].tokens == greedy

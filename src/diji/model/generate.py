@@ -48,10 +48,20 @@ def sample(
     logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0, generator=None
 ) -> torch.Tensor:
     """Pick one token per row of logits (B, V) → (B,). `generator` is one torch.Generator for the batch,
-    or a list of B generators, one per row (each row's draws then do not depend on the other rows)."""
+    or a list of B generators, one per row (each row's draws then do not depend on the other rows).
+
+    Never NaN for any accepted value: logits are shifted so each row's maximum is 0 and then *multiplied*
+    by 1/temperature clamped to float32's range, so a temperature of 1e-300 (which is 0 in float32 and
+    would divide 0 by 0) makes every other token -inf or far below: a one-hot on the argmax, i.e. greedy.
+    The top token always survives top-p (a top_p that rounds to 0 keeps just it), and a row whose
+    distribution is still not finite (non-finite logits) falls back to its argmax.
+    """
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    best = logits.argmax(-1)
+    inv = min(1.0 / temperature, torch.finfo(torch.float32).max)
+    logits = (logits - logits.amax(-1, keepdim=True)).nan_to_num(nan=float("-inf")) * inv
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -60,9 +70,12 @@ def sample(
         probs = sorted_logits.softmax(-1)
         # Drop a token when the mass *before* it already reaches top_p: the top token always survives.
         drop = probs.cumsum(-1) - probs >= top_p
+        drop[:, 0] = False
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
     probs = logits.softmax(-1)
+    ok = torch.isfinite(probs).all(-1, keepdim=True) & (probs.sum(-1, keepdim=True) > 0)
+    probs = torch.where(ok, probs, F.one_hot(best, probs.shape[-1]).to(probs.dtype))
     if isinstance(generator, list):
         return torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generator)])[:, 0]
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
