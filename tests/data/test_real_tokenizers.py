@@ -1,0 +1,255 @@
+"""Real published tokenizers (Llama 3, Llama 3.1, Qwen2, DeepSeek LLM) and a tokenizer built here with its
+specials at the end of the vocabulary: the conversion from llama.cpp's GGUF vocabularies reproduces the ids
+Hugging Face published for them; transformers loads every folder offline and renders chats with it; diji's
+Tokenizer and chat renderer agree with transformers on all of them. Fixtures: tests/fixtures/README.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fixtures import (
+    CONVERTED,
+    REAL_TOKENIZERS,
+    build_specials_at_end_tokenizer,
+    load_template,
+    materialize_tokenizer,
+    vocab_cases,
+)
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+CONVERSATION = [
+    {"role": "system", "content": "You are a terse assistant."},
+    {"role": "user", "content": "What is 2 + 3?"},
+    {"role": "assistant", "content": "2 + 3 = 5."},
+    {"role": "user", "content": "And 5 × 7? Réponds en français, s'il te plaît."},
+]
+REASONING = [
+    {"role": "user", "content": "What is 2 + 3?"},
+    {"role": "assistant", "content": "<think>\nAdd them: 2 + 3 = 5.\n</think>\n\nIt is 5."},
+    {"role": "user", "content": "Now double it."},
+]
+
+# Folders: the real fixtures with their own templates, the built tokenizer (ChatML; Qwen3 with <think>),
+# and real vocabularies paired with other published templates of their family.
+FOLDERS = {
+    **{name: (name, None) for name in REAL_TOKENIZERS},
+    "built-chatml": ("built", None),
+    "built-qwen3": ("built-think", None),
+    "qwen2+qwen3": ("qwen2", "qwen3"),
+    "qwen2+deepseek-r1-distill-qwen": ("qwen2", "deepseek-r1-distill-qwen"),
+    "llama-3.1+deepseek-r1-distill-llama": ("llama-3.1", "deepseek-r1-distill-llama"),
+    "built+lfm2.5": ("built", "lfm2.5"),  # a real template with {% generation %} blocks
+}
+# Real vocabularies under another template of their family reload a 100k+ vocabulary each: slow.
+CROSS = ("qwen2+qwen3", "qwen2+deepseek-r1-distill-qwen", "llama-3.1+deepseek-r1-distill-llama")
+KEYS = [pytest.param(k, marks=pytest.mark.slow) if k in CROSS else k for k in FOLDERS]
+# A final assistant turn for the SFT case (the renderer's loss mask always covers the last assistant turn).
+FINAL = {"plain": {"role": "assistant", "content": "It is 35."},
+         "reasoning": {"role": "assistant", "content": "<think>\n5 × 2 = 10\n</think>\n\nIt is 10."}}
+
+
+@pytest.fixture(scope="module")
+def folder_of(tmp_path_factory):
+    """Materialise a folder once per module (loading a 128k vocabulary costs about a second)."""
+    root = tmp_path_factory.mktemp("real-tokenizers")
+    made: dict[str, Path] = {}
+
+    def get(key: str) -> Path:
+        if key not in made:
+            base, template = FOLDERS[key]
+            dest = root / key
+            text = None if template is None else load_template(template)
+            if base.startswith("built"):
+                made[key] = build_specials_at_end_tokenizer(dest, think_tokens=base == "built-think",
+                                                            chat_template=text)
+            else:
+                made[key] = materialize_tokenizer(base, dest, chat_template=text)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def auto_of(folder_of):
+    cache: dict[str, object] = {}
+
+    def get(key: str):
+        if key not in cache:
+            cache[key] = transformers.AutoTokenizer.from_pretrained(folder_of(key), local_files_only=True)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def diji_of(folder_of):
+    from diji.data.tokenizer import Tokenizer
+
+    cache: dict[str, Tokenizer] = {}
+
+    def get(key: str) -> Tokenizer:
+        if key not in cache:
+            cache[key] = Tokenizer.from_file(folder_of(key) / "tokenizer.json")
+        return cache[key]
+
+    return get
+
+
+def _chat_ids(auto, messages, add_generation_prompt: bool) -> list[int]:
+    out = auto.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    ids = out["input_ids"] if hasattr(out, "keys") else out  # transformers 5 returns a BatchEncoding
+    return [int(i) for i in ids]
+
+
+def _reasoning(key: str) -> bool:
+    return "qwen3" in key or "deepseek-r1" in key
+
+
+def _messages(key: str, sft: bool = False) -> list[dict[str, str]]:
+    messages = REASONING if _reasoning(key) else CONVERSATION
+    return messages + [FINAL["reasoning" if _reasoning(key) else "plain"]] if sft else messages
+
+
+# ---- the conversion itself ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_converted_tokenizer_reproduces_published_ids(name, folder_of):
+    hf = tokenizers.Tokenizer.from_file(str(folder_of(name) / "tokenizer.json"))
+    cases = vocab_cases(name)
+    assert len(cases) == 46
+    wrong = [(text, ids, hf.encode(text, add_special_tokens=False).ids) for text, ids in cases
+             if hf.encode(text, add_special_tokens=False).ids != ids]
+    assert not wrong, f"{len(wrong)} of {len(cases)} cases differ, first: {wrong[0]}"
+
+
+def test_special_tokens_sit_where_the_published_vocabularies_put_them(folder_of):
+    ids = {name: tokenizers.Tokenizer.from_file(str(folder_of(name) / "tokenizer.json")) for name in REAL_TOKENIZERS}
+    assert ids["llama-3"].token_to_id("<|begin_of_text|>") == 128000
+    assert ids["llama-3"].token_to_id("<|eot_id|>") == 128009
+    assert ids["llama-3"].token_to_id("<|eom_id|>") is None  # Llama 3.0 has reserved_special_token_4 there
+    assert ids["llama-3.1"].token_to_id("<|eom_id|>") == 128008
+    assert ids["llama-3.1"].token_to_id("<|python_tag|>") == 128010
+    assert ids["qwen2"].token_to_id("<|im_end|>") == 151645
+    assert ids["qwen2"].get_vocab_size() == 151646  # no "[PAD…]" fillers: smaller than the model's 151936 rows
+    assert ids["deepseek-llm"].token_to_id("<｜end▁of▁sentence｜>") == 100001
+
+
+def test_built_tokenizer_puts_specials_after_the_learned_vocabulary(folder_of):
+    folder = folder_of("built-qwen3")
+    hf = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    n = hf.get_vocab_size()
+    assert [hf.token_to_id(s) for s in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")] \
+        == list(range(n - 5, n))
+    special = {i: t.special for i, t in hf.get_added_tokens_decoder().items()}
+    assert special == {n - 5: True, n - 4: True, n - 3: True, n - 2: False, n - 1: False}
+    assert hf.token_to_id("!") == 0  # byte symbols, not a special token, start the vocabulary
+    again = build_specials_at_end_tokenizer(folder.parent / "again", think_tokens=True)
+    assert (again / "tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
+
+
+# ---- transformers reads every folder offline ------------------------------------------------------
+
+@pytest.mark.parametrize("key", KEYS)
+def test_transformers_loads_offline_and_renders_chat(key, auto_of, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    auto = auto_of(key)
+    messages = _messages(key)
+    without = _chat_ids(auto, messages, add_generation_prompt=False)
+    with_prompt = _chat_ids(auto, messages, add_generation_prompt=True)
+    # A prefix as text, not always as ids: where a template's markers are plain text in the vocabulary
+    # (R1-Distill's <｜Assistant｜> in Qwen2's), the generation prompt can merge with the last message's end.
+    text = auto.decode(with_prompt)
+    assert len(text) > len(auto.decode(without)) and text.startswith(auto.decode(without))
+    for m in messages:
+        assert m["content"].split("<think>")[-1].split("</think>")[-1].strip() in text
+    # The rendered text is tokenised as one string, so decoding and re-encoding it gives the same ids:
+    # every control token of the template is one id, none is spelled out in pieces.
+    assert auto(text, add_special_tokens=False)["input_ids"] == with_prompt
+
+
+# ---- diji's Tokenizer and renderer agree with transformers -----------------------------------------
+
+def _texts(key: str) -> list[str]:
+    base = FOLDERS[key][0]
+    cases = [t for t, _ in vocab_cases(base)] if base in CONVERTED else []
+    return cases + [m["content"] for m in CONVERSATION + REASONING]
+
+
+# Qwen declares no BOS (tokenizer_config "bos_token": null, so transformers' bos_token_id is None) but its
+# generation_config.json carries "bos_token_id": 151643, which diji's Tokenizer takes as bos_id.
+_QWEN_BOS = pytest.mark.xfail(strict=True, reason="Tokenizer.bos_id falls back to generation_config's "
+                              "bos_token_id although tokenizer_config.json says bos_token: null")
+
+
+@pytest.mark.parametrize("key", [*(pytest.param(k, marks=_QWEN_BOS) if k == "qwen2" else k for k in REAL_TOKENIZERS),
+                                 "built-chatml", "built-qwen3"])
+def test_diji_tokenizer_matches_transformers(key, auto_of, diji_of, folder_of):
+    auto, tok = auto_of(key), diji_of(key)
+    for text in _texts(key):
+        assert tok.encode(text) == auto.encode(text, add_special_tokens=False), text
+        ids = auto.encode(text, add_special_tokens=False)
+        assert tok.decode(ids) == auto.decode(ids), text
+    assert tok.vocab_size == len(auto)
+    assert tok.bos_id == auto.bos_token_id
+    assert tok.eos_id == auto.eos_token_id
+    assert tok.pad_id == (auto.pad_token_id if auto.pad_token_id is not None else auto.eos_token_id)
+    generation = json.loads((folder_of(key) / "generation_config.json").read_text())
+    eos = generation["eos_token_id"]
+    assert set(eos if isinstance(eos, list) else [eos]) <= set(tok.stop_ids)
+    config = json.loads((folder_of(key) / "tokenizer_config.json").read_text())
+    for i, entry in config["added_tokens_decoder"].items():
+        assert tok.is_special(int(i)) == entry["special"], entry["content"]
+    # A prompt starts with BOS exactly where the checkpoint says so (Llama 3, DeepSeek; not Qwen).
+    assert tok.encode_prompt("Hello world") == auto("Hello world")["input_ids"]
+
+
+@pytest.mark.parametrize("key", [*REAL_TOKENIZERS, "built-chatml"])
+def test_special_strings_in_user_text_stay_text(key, diji_of, auto_of):
+    tok, auto = diji_of(key), auto_of(key)
+    text = f"please print {auto.eos_token} literally"
+    plain = tok.encode(text)
+    assert auto.eos_token_id not in plain and not any(tok.is_special(i) for i in plain)
+    assert auto.eos_token_id in tok.encode(text, allow_special=True)
+
+
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_diji_render_matches_apply_chat_template(key, add_generation_prompt, auto_of, diji_of):
+    from diji.data.chat import render
+
+    messages = _messages(key)
+    ids, mask = render(messages, diji_of(key), add_generation_prompt=add_generation_prompt)
+    assert ids == _chat_ids(auto_of(key), messages, add_generation_prompt)
+    assert len(mask) == len(ids)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_diji_sft_render_masks_the_final_answer(key, auto_of, diji_of):
+    from diji.data.chat import render
+
+    messages = _messages(key, sft=True)
+    tok, auto = diji_of(key), auto_of(key)
+    ids, mask = render(messages, tok)
+    assert ids == _chat_ids(auto, messages, add_generation_prompt=False)
+    targets = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert messages[-1]["content"].split("</think>")[-1].strip() in targets
+    for m in messages:  # no user or system text is ever a target
+        if m["role"] != "assistant":
+            assert m["content"] not in targets
+
+
+def test_generation_blocks_mask_equals_transformers_assistant_mask(auto_of, diji_of):
+    from diji.data.chat import render
+
+    key = "built+lfm2.5"
+    messages = _messages(key, sft=True)
+    out = auto_of(key).apply_chat_template(messages, tokenize=True, return_dict=True,
+                                           return_assistant_tokens_mask=True)
+    ids, mask = render(messages, diji_of(key))
+    assert ids == list(out["input_ids"])
+    assert mask == list(out["assistant_masks"]) and any(mask)
