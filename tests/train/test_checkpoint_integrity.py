@@ -339,3 +339,123 @@ def test_train_state_changed_without_rehash_is_refused(trained, tmp_path):
     with pytest.raises(DijiError, match="sha256"):
         load_train_state(trained)
     assert not marker.exists()
+
+
+# ---- lineage fields the hashes cannot cover ------------------------------------------------------
+# lineage.json cannot list its own digest, so every field other than `files`/`weights_sha256` can be edited
+# without breaking a hash; the loader must still refuse a malformed one in one line.
+
+@pytest.mark.xfail(strict=True, reason="lora.py adapter_config (lines 134-135) passes lineage['lora'] to from_dict "
+                   "unchecked: a string/list/number gives 'internal error: AttributeError' (exit 1); "
+                   "verify_checkpoint does not check that `lora` is an object")
+@pytest.mark.parametrize("lora", ["x", [1], 1], ids=["string", "list", "number"])
+def test_lineage_lora_of_the_wrong_type_is_refused_in_one_line(base, tmp_path, lora, capsys):
+    def edit(ckpt: Path) -> None:
+        lineage = _lineage(ckpt)
+        lineage["lora"] = lora
+        _write_lineage(ckpt, lineage)
+
+    ckpt = tampered(base, tmp_path, edit)
+    rc = main(["generate", str(ckpt), "--prompt", "x", "--max-new-tokens", "2"])
+    one_error_line(rc, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("lora", [{"rank": "big"}, {"rank": 2, "alpha": -1}, {"rank": 2}],
+                         ids=["bad-rank", "bad-alpha", "no-adapter-weights"])
+def test_lineage_lora_with_bad_values_is_refused_in_one_line(base, tmp_path, lora, capsys):
+    def edit(ckpt: Path) -> None:
+        lineage = _lineage(ckpt)
+        lineage["lora"] = lora
+        _write_lineage(ckpt, lineage)
+
+    ckpt = tampered(base, tmp_path, edit)
+    rc = main(["generate", str(ckpt), "--prompt", "x", "--max-new-tokens", "2"])
+    one_error_line(rc, capsys.readouterr().err)
+
+
+@pytest.mark.xfail(strict=True, reason="observe/commands.py _lineage (lines 35-38) follows `parent` with "
+                   "json.loads and .get unchecked: a parent lineage.json that is `[]` or not JSON, or a "
+                   "non-string parent, gives 'internal error' instead of one line")
+@pytest.mark.parametrize("damage", ["list", "not-json", "number"])
+def test_lineage_command_with_a_tampered_parent(base, tmp_path, damage, capsys):
+    parent = tampered(base, tmp_path, lambda c: None)
+    child = tmp_path / "child"
+    shutil.copytree(base, child)
+    lineage = _lineage(child)
+    lineage["parent"] = 5 if damage == "number" else str(parent)
+    _write_lineage(child, lineage)
+    if damage == "list":
+        _write_lineage(parent, [])
+    elif damage == "not-json":
+        (parent / "lineage.json").write_text("{oops")
+    rc = main(["lineage", str(child)])
+    one_error_line(rc, capsys.readouterr().err)
+
+
+# ---- LoRA checkpoints in the PEFT layout and the weights' dtype ----------------------------------
+
+@pytest.fixture(scope="module")
+def adapter(data_dir, tmp_path_factory) -> Path:
+    from diji.config import to_dict
+    from diji.train.lora import LoRAConfig, apply_lora
+
+    model = Transformer(ModelConfig(**TINY))
+    model.init_weights(seed=0)
+    cfg = LoRAConfig(rank=2, alpha=4.0)
+    apply_lora(model, cfg)
+    with torch.no_grad():  # a non-zero update, so a merged model differs from the base
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.02)
+    return save_checkpoint(tmp_path_factory.mktemp("adapter") / "lora", model, data_dir / "tokenizer.json",
+                           {"stage": "sft", "lora": to_dict(cfg)})
+
+
+def _nan_adapter(ckpt: Path) -> None:
+    state = load_file(str(ckpt / "adapter_model.safetensors"))
+    save_file({k: torch.full_like(v, float("nan")) for k, v in state.items()}, str(ckpt / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    _drop_entry(ckpt, "adapter_model.safetensors")
+
+
+def _unlisted_adapter_config(ckpt: Path) -> None:
+    _drop_entry(ckpt, "adapter_config.json")
+
+
+def _adapter_weights_removed(ckpt: Path) -> None:
+    (ckpt / "adapter_model.safetensors").unlink()
+
+
+def test_adapter_checkpoint_is_peft_layout_and_loads(adapter, capsys):
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(_lineage(adapter)["files"])
+    loaded = load_checkpoint(adapter)
+    assert not any(".lora_" in k for k in loaded.model.state_dict())  # merged on load
+    assert main(["generate", str(adapter), "--prompt", "x", "--max-new-tokens", "2"]) == 0
+
+
+@pytest.mark.parametrize("how", [_nan_adapter, _unlisted_adapter_config, _adapter_weights_removed],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_tampered_adapter_checkpoint_is_refused_in_one_line(adapter, tmp_path, how, capsys):
+    ckpt = tampered(adapter, tmp_path, how)
+    with pytest.raises(DijiError):
+        load_checkpoint(ckpt)
+    capsys.readouterr()
+    rc = main(["generate", str(ckpt), "--prompt", "x", "--max-new-tokens", "2"])
+    one_error_line(rc, capsys.readouterr().err)
+
+
+def test_bf16_weights_are_stored_and_loaded_as_bf16(data_dir, tmp_path):
+    from diji.train.checkpoint import stored_dtype
+
+    model = Transformer(ModelConfig(**TINY))
+    model.init_weights(seed=0)
+    model.to(torch.bfloat16)
+    ckpt = save_checkpoint(tmp_path / "bf16", model, data_dir / "tokenizer.json", {"stage": "init"})
+    assert stored_dtype(ckpt) == "bfloat16"
+    assert {t.dtype for t in load_file(str(ckpt / WEIGHTS)).values()} == {torch.bfloat16}
+    kept = load_checkpoint(ckpt, dtype=torch.bfloat16).model
+    assert {p.dtype for p in kept.parameters()} == {torch.bfloat16}
+    for (name, a), b in zip(kept.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # bit for bit: no fp32 round trip changed a weight
+    assert {p.dtype for p in load_checkpoint(ckpt).model.parameters()} == {torch.float32}
