@@ -188,14 +188,23 @@ _QWEN_BOS = pytest.mark.xfail(strict=True, reason="Tokenizer.bos_id falls back t
 
 @pytest.mark.parametrize("key", [*(pytest.param(k, marks=_QWEN_BOS) if k == "qwen2" else k for k in REAL_TOKENIZERS),
                                  "built-chatml", "built-qwen3"])
+def test_diji_bos_matches_transformers(key, auto_of, diji_of):
+    assert diji_of(key).bos_id == auto_of(key).bos_token_id
+
+
+@pytest.mark.parametrize("key", [*REAL_TOKENIZERS, "built-chatml", "built-qwen3"])
 def test_diji_tokenizer_matches_transformers(key, auto_of, diji_of, folder_of):
     auto, tok = auto_of(key), diji_of(key)
     for text in _texts(key):
         assert tok.encode(text) == auto.encode(text, add_special_tokens=False), text
         ids = auto.encode(text, add_special_tokens=False)
         assert tok.decode(ids) == auto.decode(ids), text
+    texts = _texts(key)
+    assert tok.encode_batch(texts) == [auto.encode(t, add_special_tokens=False) for t in texts]
+    chat = _chat_ids(auto, _messages(key), add_generation_prompt=True)
+    for skip in (False, True):
+        assert tok.decode(chat, skip_special_tokens=skip) == auto.decode(chat, skip_special_tokens=skip)
     assert tok.vocab_size == len(auto)
-    assert tok.bos_id == auto.bos_token_id
     assert tok.eos_id == auto.eos_token_id
     assert tok.pad_id == (auto.pad_token_id if auto.pad_token_id is not None else auto.eos_token_id)
     generation = json.loads((folder_of(key) / "generation_config.json").read_text())
