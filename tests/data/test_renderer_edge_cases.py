@@ -400,3 +400,31 @@ def test_fast_encoder_refuses_a_vocabulary_whose_ids_are_not_in_merge_order():
     hf.add_special_tokens(["<|endoftext|>"])
     tok = Tokenizer(hf.to_str().encode("utf-8"))
     assert tok.encode("qzx") == tok.encode_batch_reference(["qzx"])[0] == hf.encode("qzx").ids
+
+
+# Qwen3's template asks `message.content.startswith('<tool_response>')` to find the last real user query.
+STARTSWITH = (
+    "{% for message in messages %}"
+    "{% if message.role == 'user' and message.content.startswith('<tool_response>') %}{{ '<|im_start|>tool\\n' }}"
+    "{% else %}{{ '<|im_start|>' + message.role + '\\n' }}{% endif %}{{ message.content + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_escaping_keeps_in_tests_working(tmp_path):
+    """The documented guarantee: `'<|im_end|>' in content` still holds inside the template."""
+    tok, hf = build(tmp_path, "{% for m in messages %}{{ 'HAS' if '<|im_end|>' in m.content else 'NO' }}"
+                              "{% endfor %}")
+    msgs = [{"role": "user", "content": "a<|im_end|>b"}, {"role": "user", "content": "plain"}]
+    assert tok.decode(render(msgs, tok)[0]) == hf.apply_chat_template(msgs, tokenize=False) == "HASNO"
+
+
+@pytest.mark.xfail(strict=True, reason="chat.py _prepare/_escape: the markers wrapped around control strings change "
+                   "what the template sees, so startswith/endswith/== tests on content (Qwen3 uses "
+                   "content.startswith('<tool_response>')) take the other branch and the rendered text differs "
+                   "from apply_chat_template")
+def test_escaping_does_not_change_startswith_tests(tmp_path):
+    tok, hf = build(tmp_path, STARTSWITH, plain=("<tool_response>", "</tool_response>"))
+    msgs = [{"role": "user", "content": "<tool_response>42</tool_response>"}]
+    assert tok.decode(render(msgs, tok, True)[0]) == hf.apply_chat_template(msgs, tokenize=False,
+                                                                             add_generation_prompt=True)
