@@ -459,3 +459,57 @@ def test_bf16_weights_are_stored_and_loaded_as_bf16(data_dir, tmp_path):
     for (name, a), b in zip(kept.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name  # bit for bit: no fp32 round trip changed a weight
     assert {p.dtype for p in load_checkpoint(ckpt).model.parameters()} == {torch.float32}
+
+
+def test_tokenizer_companion_files_travel_through_two_generations(tmp_path):
+    """An imported model's tokenizer_config (AddedToken dicts, template), chat_template.jinja and several EOS
+    ids in generation_config.json are copied byte for byte, listed, and read back the same — also when the
+    next stage writes its checkpoint from the previous checkpoint's tokenizer.json (as SFT does)."""
+    transformers = pytest.importorskip("transformers", minversion="5.0")
+    import tokenizers
+
+    from diji.data.chat import render
+    from diji.data.tokenizer import Tokenizer
+
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    hf_tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    hf_tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf_tok.decoder = tokenizers.decoders.ByteLevel()
+    hf_tok.train_from_iterator(["the model reads tokens and learns"] * 20, tokenizers.trainers.BpeTrainer(
+        vocab_size=290, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    hf_tok.add_special_tokens(specials)
+    src = tmp_path / "hf"
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=hf_tok, bos_token=specials[0], eos_token="<|eot_id|>")
+    fast.chat_template = ("{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m.role + "
+                          "'<|end_header_id|>\\n\\n' + m.content + '<|eot_id|>' }}{% endfor %}")
+    fast.save_pretrained(src)
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config["eos_token"] = {"__type": "AddedToken", "content": "<|eot_id|>", "special": True}
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    eos = [hf_tok.token_to_id("<|end_of_text|>"), hf_tok.token_to_id("<|eot_id|>")]
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
+    carried = sorted(p.name for p in src.iterdir() if p.name != "tokenizer.json")
+    assert "tokenizer_config.json" in carried and "generation_config.json" in carried
+
+    model = Transformer(ModelConfig(**{**TINY, "vocab_size": hf_tok.get_vocab_size()}))
+    model.init_weights(seed=0)
+    first = save_checkpoint(tmp_path / "first", model, src / "tokenizer.json", {"stage": "import-hf"})
+    second = save_checkpoint(tmp_path / "second", model, first / "tokenizer.json", {"stage": "sft", "parent": str(first)})
+    want = Tokenizer.from_file(src)
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    for ckpt in (first, second):
+        for name in carried:
+            assert (ckpt / name).read_bytes() == (src / name).read_bytes(), name
+            assert name in _lineage(ckpt)["files"], name
+        load_checkpoint(ckpt)  # verified
+        tok = Tokenizer.from_file(ckpt)
+        assert (tok.eos_id, tok.stop_ids, tok.bos_id) == (want.eos_id, want.stop_ids, want.bos_id)
+        assert set(eos) <= set(tok.stop_ids)
+        assert tok.chat_template == want.chat_template
+        hf = transformers.AutoTokenizer.from_pretrained(str(ckpt))
+        assert render(msgs, tok)[0] == list(hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
+        assert set(eos) <= set(_as_list(transformers.GenerationConfig.from_pretrained(str(ckpt)).eos_token_id))
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
