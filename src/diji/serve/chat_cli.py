@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any, TextIO
 
 from diji.errors import DijiError
+from diji.options import DTYPE_CHOICES, DTYPE_HELP
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 
@@ -93,11 +94,10 @@ def chat_loop(session: ChatSession, stdin: TextIO, stdout: TextIO, color: bool) 
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from diji.compute.device import select_device
     from diji.data.tokenizer import Tokenizer
-    from diji.train.lora import load_model
+    from diji.train.checkpoint import load_for_inference
 
-    loaded = load_model(args.checkpoint, device=select_device(args.device).device)
+    loaded = load_for_inference(args.checkpoint, args.device, args.dtype)
     session = ChatSession(loaded.model, Tokenizer.from_file(loaded.tokenizer_file), args.max_new_tokens,
                           args.temperature, args.top_p, args.system, args.seed)
     return chat_loop(session, sys.stdin, sys.stdout, color=sys.stdout.isatty())
@@ -105,11 +105,12 @@ def _chat(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("chat", help="chat with a checkpoint in the terminal (reasoning shown dimmed)")
-    p.add_argument("checkpoint")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--system", default="", help="a system message put before the conversation")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("checkpoint", help="a checkpoint directory (plain or LoRA adapter)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per reply (default: 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default: 1.0)")
+    p.add_argument("--system", default="", help="a system message put before the conversation (default: none)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    p.add_argument("--device", default="auto", help="cpu, an accelerator such as cuda:0/npu:0, or auto (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     p.set_defaults(func=_chat)

@@ -7,16 +7,15 @@ import os
 import sys
 
 from diji.errors import DijiError
+from diji.options import DTYPE_CHOICES, DTYPE_HELP
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from diji.compute.device import select_device
     from diji.data.tokenizer import Tokenizer
     from diji.model.generate import SamplingParams, generate
-    from diji.train.checkpoint import load_checkpoint
+    from diji.train.checkpoint import load_for_inference
 
-    device = select_device(args.device).device
-    loaded = load_checkpoint(args.checkpoint, device=device)
+    loaded = load_for_inference(args.checkpoint, args.device, args.dtype)
     tok = Tokenizer.from_file(loaded.tokenizer_file)
     ids = tok.encode_prompt(args.prompt)
     if not ids:
@@ -40,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
     from diji.safety.policy import load_policy
     from diji.serve.engine import EngineConfig
     from diji.serve.server import ServeConfig, load_server, serve_forever
+    from diji.train.checkpoint import inference_dtype_for
 
     if args.threads < 0:
         raise DijiError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
@@ -63,7 +63,8 @@ def _serve(args: argparse.Namespace) -> int:
                                 max_prefill_tokens=args.max_prefill_tokens))
     except ValueError as e:
         raise DijiError(str(e)) from None
-    server = load_server(args.checkpoint, cfg, policy, device=args.device, dtype=args.dtype)
+    dtype, _ = inference_dtype_for(args.checkpoint, args.device, args.dtype)
+    server = load_server(args.checkpoint, cfg, policy, device=args.device, dtype=dtype)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         print(f"diji: warning: serving on {cfg.host} without --api-key; anyone who can reach it can use it",
               file=sys.stderr)
@@ -74,14 +75,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="continue a prompt with a checkpoint (KV-cached)")
-    p.add_argument("checkpoint")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("checkpoint", help="a checkpoint directory (plain or LoRA adapter)")
+    p.add_argument("--prompt", required=True, help="the text to continue (BOS is added where the tokenizer adds it)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate (default: 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = off (default: 0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default: 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    p.add_argument("--device", default="auto", help="cpu, an accelerator such as cuda:0/npu:0, or auto (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a chat page at /")
@@ -99,8 +101,7 @@ def register(sub) -> None:
     p.add_argument("--max-model-len", type=int, default=0,
                    help="longest prompt + reply per sequence (0 = the model's context); sizes the KV cache")
     p.add_argument("--max-prefill-tokens", type=int, default=4096, help="prompt tokens per prefill step")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights and KV cache precision (default: the checkpoint's)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP + "; also the KV cache's")
     p.add_argument("--max-seqs-per-request", type=int, default=64, help="prompts × n allowed in one request")
     p.add_argument("--max-queue", type=int, default=256, help="sequences waiting for a slot before 503")
     p.add_argument("--max-connections", type=int, default=256, help="concurrent connections before 503")

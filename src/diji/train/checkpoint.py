@@ -37,6 +37,7 @@ from diji.errors import DijiError
 from diji.io import atomic_write_json, atomic_write_text, publish_dir, sha256_file
 from diji.model.hf import family, from_hf_config, state_from_hf, state_to_hf, to_hf_config
 from diji.model.transformer import ModelConfig, Transformer
+from diji.options import DTYPE_CHOICES
 
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "train_state.pt"
@@ -370,3 +371,27 @@ def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
 
 def write_summary(path: Path, data: dict) -> None:
     atomic_write_json(path, data)
+
+
+
+
+def inference_dtype_for(ckpt: str | Path, device: str = "auto", dtype: str = "auto") -> tuple[str, Any]:
+    """(dtype name, torch.device) to run `ckpt` in for inference, by compute.device.inference_dtype's policy;
+    the choice and its reason go to the log."""
+    import logging
+
+    from diji.compute.device import inference_dtype, select_device
+
+    if dtype not in DTYPE_CHOICES:
+        raise DijiError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
+    dev = select_device(device).device
+    torch_dtype, why = inference_dtype(dtype, stored_dtype(ckpt), dev)
+    name = str(torch_dtype).removeprefix("torch.")
+    logging.getLogger(__name__).info("weights in %s: %s", name, why)
+    return name, dev
+
+
+def load_for_inference(ckpt: str | Path, device: str = "auto", dtype: str = "auto") -> Loaded:
+    """A checkpoint loaded for generate/chat/eval: on `device`, in the policy's dtype, adapters merged."""
+    name, dev = inference_dtype_for(ckpt, device, dtype)
+    return load_checkpoint(ckpt, device=dev, dtype=None if name == "float32" else getattr(torch, name))
