@@ -28,7 +28,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 quickstart: $(STAMP)
-	$(VENV)/bin/diji quickstart --out quickstart $(if $(filter true,$(CI)),--fast,)
+	$(VENV)/bin/diji quickstart --out quickstart --overwrite $(if $(filter true,$(CI)),--fast,)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -1,8 +1,8 @@
 """`diji quickstart`: the whole chain on the embedded default corpus, on a CPU, in minutes.
 
 corpus (this machine's Python standard library: docstrings and code) → curated, tokenized shards →
-pretrained model → sample → SFT then GRPO on arithmetic word problems (diji.eval.reasoning) → report +
-summary.json. Each stage writes its part of summary.json, whose keys later stages extend and never rename
+pretrained model → sample → SFT then GRPO on arithmetic word problems (diji.eval.reasoning) → evaluation
+→ summary.json and the report card (report.html + report.md, diji.observe.card). Each stage writes its part of summary.json, whose keys later stages extend and never rename
 (DESIGN.md).
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from diji.errors import DijiError
 from diji.io import atomic_write_json
 
 # The default recipe: a ~4M-parameter Llama-style model that fits a 2-core CPU's few minutes. Pretraining is
@@ -68,11 +69,26 @@ def unigram_loss(data_dir: Path) -> float:
     return float(-(counts["val"] * np.log(p)).sum() / max(counts["val"].sum(), 1))
 
 
+STAGES = ("pretrain", "sft", "grpo")
+CHAT_SAMPLES = 3
+"""Held-out problems whose greedy replies after SFT and after GRPO the report card shows side by side."""
+
+
 class Quickstart:
-    def __init__(self, out: Path, fast: bool) -> None:
-        self.out, self.fast = out.resolve(), fast
-        self.summary: dict[str, Any] = {}
+    def __init__(self, out: Path, fast: bool, quiet: bool = False) -> None:
+        self.out, self.fast, self.quiet = out.resolve(), fast, quiet
+        self.summary: dict[str, Any] = {"timings": {}, "samples": {}}
         self.t0 = time.perf_counter()
+        self._stage_start = self.t0
+
+    def timed(self, stage: str) -> None:
+        """Close the timing of `stage` (seconds since the previous stage ended) in summary.timings."""
+        now = time.perf_counter()
+        self.summary["timings"][stage] = round(now - self._stage_start, 1)
+        self._stage_start = now
+
+    def quiet_overrides(self) -> list[str]:
+        return ["run.progress=false"] if self.quiet else []
 
     def say(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
@@ -92,6 +108,7 @@ class Quickstart:
         data_dir = self.out / "data"
         manifest = prepare(files, data_dir, DataConfig(vocab_size=4096))
         self.summary["data"] = curation_summary(manifest)
+        self.timed("data")
         self.save_summary()
         return data_dir
 
@@ -101,7 +118,8 @@ class Quickstart:
         from diji.train.pretrain import pretrain
 
         overrides = [*PRETRAIN_OVERRIDES, f"data.path={json.dumps(str(data_dir))}",
-                     f"run.out_dir={json.dumps(str(self.out / 'runs'))}", 'run.name="pretrain"']
+                     f"run.out_dir={json.dumps(str(self.out / 'runs'))}", 'run.name="pretrain"',
+                     *self.quiet_overrides()]
         if self.fast:
             overrides += ["train.max_steps=100"]
         cfg = load_config(PretrainConfig, None, overrides)
@@ -110,13 +128,14 @@ class Quickstart:
         base = unigram_loss(data_dir)
         self.summary["pretrain"] = {"checkpoint": result["checkpoint"], "val_loss": round(result["val_loss"], 4),
                                     "unigram_loss": round(base, 4)}
+        self.timed("pretrain")
         self.save_summary()
         self.say(f"pretrain val_loss {result['val_loss']:.3f} vs unigram baseline {base:.3f} nats/token")
         return result["checkpoint"]
 
     def _stage_overrides(self, name: str, parent: str) -> list[str]:
         return [f"train.init_from={json.dumps(parent)}", f"run.out_dir={json.dumps(str(self.out / 'runs'))}",
-                f'run.name="{name}"']
+                f'run.name="{name}"', *self.quiet_overrides()]
 
     def sft(self, parent: str) -> str:
         from diji.config import load_config
@@ -129,6 +148,7 @@ class Quickstart:
         self.say(f"SFT on {cfg.data.task_examples} worked arithmetic word problems (en+zh) for {cfg.train.max_steps} steps")
         result = sft(cfg)
         self.summary["sft"] = {"checkpoint": result["checkpoint"], "accuracy": round(result["val_accuracy"], 4)}
+        self.timed("sft")
         self.save_summary()
         self.say(f"after SFT: held-out accuracy {result['val_accuracy']:.1%} on {cfg.data.eval_examples} problems "
                  f"(well-formed replies {result['val_format']:.1%})")
@@ -146,6 +166,7 @@ class Quickstart:
                  "samples, rewarded by the exact-answer verifier")
         result = grpo(cfg)
         self.summary["grpo"] = {"checkpoint": result["checkpoint"], "accuracy": round(result["val_accuracy"], 4)}
+        self.timed("grpo")
         self.save_summary()
         before = self.summary["sft"]["accuracy"]
         self.say(f"after GRPO: held-out accuracy {result['val_accuracy']:.1%} (SFT: {before:.1%}; "
@@ -156,8 +177,9 @@ class Quickstart:
         from diji.eval.quick import quickstart_eval
 
         self.say("evaluating the final model on the built-in tasks (ppl, mc, math, reasoning)")
-        scores = quickstart_eval(ckpt, data_dir, self.out / "eval")
+        scores = quickstart_eval(ckpt, data_dir, self.out / "eval", progress=False if self.quiet else None)
         self.summary["eval"] = {k: round(v, 4) for k, v in scores.items()}
+        self.timed("eval")
         self.save_summary()
         self.say("eval: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
@@ -169,32 +191,74 @@ class Quickstart:
         loaded = load_checkpoint(ckpt)
         tok = Tokenizer.from_file(loaded.tokenizer_file)
         out = generate(loaded.model.eval(), [tok.encode(prompt)],
-                       SamplingParams(max_new_tokens=48, temperature=0.8, top_k=40, stop_ids=(tok.eos_id,), seed=0))
-        self.say("sample continuation:\n" + prompt + tok.decode(out[0].tokens))
+                       SamplingParams(max_new_tokens=48, temperature=0.8, top_k=40, stop_ids=tok.stop_ids, seed=0))
+        text = tok.decode(out[0].tokens)
+        self.summary["samples"]["pretrain"] = {"prompt": prompt, "text": text}
+        self.say("sample continuation:\n" + prompt + text)
+
+    def chat_samples(self, checkpoints: dict[str, str]) -> None:
+        """Greedy replies of each post-trained checkpoint to the same held-out problems (for the card)."""
+        from diji.data.chat import render
+        from diji.data.tokenizer import Tokenizer
+        from diji.eval.task import get_task
+        from diji.model.generate import SamplingParams, generate
+        from diji.train.checkpoint import load_checkpoint
+
+        task = get_task("arith")
+        examples = task.examples("test", CHAT_SAMPLES, seed=1)
+        rows: list[dict[str, Any]] = [{"question": e.messages[-1]["content"], "answer": e.answer} for e in examples]
+        for stage, ckpt in checkpoints.items():
+            loaded = load_checkpoint(ckpt)
+            tok = Tokenizer.from_file(loaded.tokenizer_file)
+            prompts = [render(list(e.messages), tok, add_generation_prompt=True)[0] for e in examples]
+            outs = generate(loaded.model.eval(), prompts,
+                            SamplingParams(max_new_tokens=96, temperature=0.0, stop_ids=tok.stop_ids),
+                            pad_id=tok.pad_id)
+            for row, e, g in zip(rows, examples, outs, strict=True):
+                reply = tok.decode(g.tokens, skip_special_tokens=True)
+                row[stage] = {"reply": reply, "correct": bool(task.grade(e, reply).correct)}
+        self.summary["samples"]["chat"] = rows
+        self.save_summary()
+
+    def card(self) -> Path:
+        from diji.observe.card import write_card
+
+        html_path, _ = write_card(self.out)
+        return html_path
 
 
-def run_quickstart(out: Path, fast: bool = False) -> dict[str, Any]:
-    qs = Quickstart(out, fast)
+def run_quickstart(out: Path, fast: bool = False, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+    from diji.train.loop import clear_run_dir
+
+    qs = Quickstart(out, fast, quiet)
+    if (qs.out / "summary.json").is_file():
+        if not overwrite:
+            raise DijiError(f"{qs.out} already holds a quickstart; pass --overwrite to run it again there, "
+                            "or choose another --out")
+        for stage in STAGES:
+            clear_run_dir(qs.out / "runs" / stage)
     qs.out.mkdir(parents=True, exist_ok=True)
     data_dir = qs.data()
     ckpt = qs.pretrain(data_dir)
     qs.sample(ckpt)
-    chat = qs.grpo(qs.sft(ckpt))
+    qs.timed("base sample")
+    sft_ckpt = qs.sft(ckpt)
+    chat = qs.grpo(sft_ckpt)
     qs.evaluate(chat, data_dir)
+    qs.chat_samples({"sft": sft_ckpt, "grpo": chat})
+    qs.timed("samples")
     qs.save_summary()
-    run = Path(ckpt).parent.parent
-    qs.say(f"done in {qs.summary['seconds']:.0f}s. Next:\n"
+    card = qs.card()
+    qs.say(f"done in {qs.summary['seconds']:.0f}s. Report card: {card} (and report.md). Next:\n"
            f"  diji generate {ckpt} --prompt \"def \"\n"
            f"  diji chat {chat}\n"
-           f"  open {Path(chat).parent.parent / 'report.html'}\n"
-           f"  open {run / 'report.html'}\n"
            f"  diji lineage {ckpt}\n"
            f"  diji data report {data_dir}")
     return qs.summary
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    summary = run_quickstart(Path(args.out), fast=args.fast)
+    summary = run_quickstart(Path(args.out), fast=args.fast, overwrite=args.overwrite, quiet=args.quiet)
     print(json.dumps(summary, ensure_ascii=False))
     return 0
 
@@ -203,4 +267,7 @@ def register(sub) -> None:
     p = sub.add_parser("quickstart", help="the whole chain on the embedded corpus, on a CPU, in minutes")
     p.add_argument("--out", default="quickstart", help="output directory (default: ./quickstart)")
     p.add_argument("--fast", action="store_true", help="a shorter budget (used by CI)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run again in a directory that already holds a quickstart (replaces its runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (stage messages still print)")
     p.set_defaults(func=_cmd)

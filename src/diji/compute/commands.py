@@ -10,6 +10,8 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
+    from diji.cli import hidden_alias
+
     d = sub.add_parser("doctor", help="devices, dtypes, distributed back-ends and which kernels run here",
                        description="Probe this machine: torch and plugin versions, devices, supported dtypes, "
                        "fused attention, distributed back-ends, and which kernel implementation would be "
@@ -32,7 +34,9 @@ def register(sub: Any) -> None:
                    help="run each op in its own process (survives hard crashes in native kernels)")
     c.add_argument("--slow-start", action="store_true",
                    help="also check implementations that compile on first use (torch.compile: 30-70 s each on a CPU)")
-    c.add_argument("--json-out", default="conformance.json", metavar="FILE", help="where to write the JSON")
+    c.add_argument("--out", default="conformance.json", metavar="FILE", help="where to write the JSON report")
+    hidden_alias(c, "--json-out", dest="out", metavar="FILE")  # the 0.1 spelling, kept for one release
+    c.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the table")
     c.set_defaults(func=_conformance)
 
 
@@ -139,9 +143,12 @@ def _conformance(args: argparse.Namespace) -> int:
     print(f"diji conformance: {device} {args.dtype} vs float64 cpu", file=sys.stderr)
     rows = check_ops(device, args.dtype, ops, isolate=args.isolate, slow_start=args.slow_start)
     traj = golden_trajectory(_tiny_model, device, args.dtype, steps=args.steps) if args.steps else None
-    print(format_table(rows, traj))
     report = to_json(rows, traj)
-    atomic_write_json(Path(args.json_out), report)
+    atomic_write_json(Path(args.out), report)
     failed = sum(not r.passed for r in rows) + (0 if traj is None or traj.passed else 1)
-    print(f"\n{'all passed' if not failed else f'{failed} FAILED'}; JSON written to {args.json_out}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(rows, traj))
+        print(f"\n{'all passed' if not failed else f'{failed} FAILED'}; JSON written to {args.out}")
     return 0 if not failed else 1

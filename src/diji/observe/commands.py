@@ -1,4 +1,4 @@
-"""CLI: `diji report RUN_DIR` and `diji lineage CKPT`."""
+"""CLI: `diji report RUN_DIR | PIPELINE_DIR` and `diji lineage CKPT`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ from diji.errors import DijiError
 
 
 def _report(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    if (directory / "summary.json").is_file():  # a whole pipeline (the quickstart's --out)
+        from diji.observe.card import write_card
+
+        html_path, md_path = write_card(directory)
+        print(json.dumps({"html": str(html_path), "markdown": str(md_path)}) if args.json else f"{html_path}\n{md_path}")
+        return 0
     from diji.observe.report import write_report
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise DijiError(f"{run_dir} is not a run directory (no metrics.jsonl)")
-    print(write_report(run_dir))
+    if not (directory / "metrics.jsonl").is_file():
+        raise DijiError(f"{directory} is not a run directory (no metrics.jsonl) nor a pipeline directory "
+                        "(no summary.json)")
+    out = write_report(directory)
+    print(json.dumps({"html": str(out)}) if args.json else out)
     return 0
 
 
@@ -37,10 +45,12 @@ def _lineage(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="(re)write report.html for a run directory")
-    p.add_argument("run_dir")
+    p = sub.add_parser("report", help="(re)write a run's report.html, or a pipeline's report card (html + md)")
+    p.add_argument("dir", metavar="DIR", help="a run directory (runs/NAME) or a pipeline directory "
+                   "(`diji quickstart --out DIR`: writes DIR/report.html and DIR/report.md)")
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(func=_report)
     p = sub.add_parser("lineage", help="show which data, config and parent made a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint directory (with lineage.json)")
     p.add_argument("--json", action="store_true", help="also print the full lineage.json")
     p.set_defaults(func=_lineage)

@@ -25,7 +25,7 @@ SKIP = {"step", "tokens_seen", "mfu"}
 COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed"]
 
 
-def _svg(title: str, series: dict[str, list[tuple[float, float]]], w: int = 560, h: int = 240) -> str:
+def svg_chart(title: str, series: dict[str, list[tuple[float, float]]], w: int = 560, h: int = 240) -> str:
     pts = [p for s in series.values() for p in s]
     if not pts:
         return ""
@@ -61,22 +61,34 @@ def _svg(title: str, series: dict[str, list[tuple[float, float]]], w: int = 560,
     return "".join(parts)
 
 
-def render_report(run_dir: Path) -> str:
-    records = read_metrics(run_dir / "metrics.jsonl")
+def numeric_series(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """{metric: [(step, value), ...]} for every numeric metric of a run except SKIP."""
     numeric: dict[str, list[tuple[float, float]]] = {}
     for r in records:
         for k, v in r.items():
             if k in SKIP or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
             numeric.setdefault(k, []).append((float(r.get("step", 0)), float(v)))
+    return numeric
+
+
+def curve_charts(records: list[dict], w: int = 560, h: int = 240) -> list[str]:
+    """One inline SVG per GROUPS entry present, then one per remaining metric."""
+    numeric = numeric_series(records)
     charts, used = [], set()
     for title, keys in GROUPS:
         series = {k: numeric[k] for k in keys if k in numeric}
         if series:
-            charts.append(_svg(title, series))
+            charts.append(svg_chart(title, series, w, h))
             used.update(series)
     for k in sorted(set(numeric) - used):
-        charts.append(_svg(k, {k: numeric[k]}))
+        charts.append(svg_chart(k, {k: numeric[k]}, w, h))
+    return charts
+
+
+def render_report(run_dir: Path) -> str:
+    records = read_metrics(run_dir / "metrics.jsonl")
+    charts = curve_charts(records)
     config = (run_dir / "config.toml").read_text(encoding="utf-8") if (run_dir / "config.toml").is_file() else ""
     last = records[-1] if records else {}
     summary = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>" for k, v in last.items())
