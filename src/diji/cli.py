@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "diji.eval.commands",
     "diji.quickstart",
     "diji.config_cli",
+    "diji.deploy_commands",
 )
 
 

@@ -39,3 +39,7 @@ def register_all(registry) -> None:
 
     if moe.OP not in registry.ops():
         moe.register(registry)
+    from diji.kernels import quant
+
+    if quant.OP not in registry.ops():
+        quant.register(registry)

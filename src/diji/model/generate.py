@@ -97,9 +97,13 @@ class PackedDecoder:
 
     @staticmethod
     def supports(model: Transformer) -> bool:
-        """Dense GQA blocks without q/k norms only; MLA, MoE and Qwen3 layers decode through the model's forward."""
-        return not model.config.qk_norm and all(type(b.self_attn) is Attention and type(b.mlp) is MLP
-                                                for b in model.model.layers)
+        """Dense float GQA blocks without q/k norms only; MLA, MoE, Qwen3 and int8 (model/quantize.py) layers
+        decode through the model's forward."""
+        return not model.config.qk_norm and type(model.lm_head) is torch.nn.Linear and all(
+            type(b.self_attn) is Attention and type(b.mlp) is MLP
+            and all(type(m) is torch.nn.Linear for m in (*b.self_attn.children(), *b.mlp.children())
+                    if not hasattr(m, "eps"))
+            for b in model.model.layers)
 
     def __init__(self, model: Transformer) -> None:
         cfg = model.config
