@@ -97,9 +97,8 @@ def test_decontamination_finds_items_copied_from_training_data(eval_data, tmp_pa
     ("mc", '{"question": "q", "choices": ["a", "b"], "answer": 2}', "'answer' = 2 is not an index into 2"),
     ("mc", '{"question": "q", "choices": ["a", "b"], "answer": true}', "must be an integer or a string, got boolean"),
     ("mc", '{"question": 3, "choices": ["a", "b"], "answer": 0}', "field 'question' must be a string"),
-    ("math", '{"question": "q"}', "missing field 'answer'"),
-    ("math", '{"question": "q", "answer": "no number here"}', "must end with '#### <number>'"),
-    ("math", '{"question": "q", "answer": [4]}', "field 'answer' must be a string or an integer, got list"),
+    ("math", '{"answer": "#### 4"}', "missing field 'question'"),
+    ("math", '{"question": "q", "answer": [4]}', "field 'answer' must be a string or an integer or a number, got list"),
     ("math", '{"question": "q", "answer": "#### 4"', "not valid JSON"),
     ("math", '["q", "#### 4"]', "each line must be a JSON object"),
 ])

@@ -127,7 +127,7 @@ def grpo_overrides(base, out, name="g", steps=20, task="digits"):
 
 
 def test_tiny_grpo_run_raises_a_trivially_learnable_reward(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(task_mod, "get_task", lambda name: DigitTask())
+    monkeypatch.setattr(task_mod, "get_task", lambda name, **kw: DigitTask())
     base = tiny_base(tmp_path, data_dir)
     result = grpo(load_config(GRPOConfig, None, grpo_overrides(base, tmp_path, steps=20) + ["optim.lr=5e-2"]))
     rows = [r for r in read_metrics(tmp_path / "g" / "metrics.jsonl") if "reward_mean" in r]
@@ -192,7 +192,7 @@ def test_a_rollout_with_nothing_to_learn_reports_the_same_metrics(data_dir, tmp_
     model, tokenizer_file, _ = start_from(str(base), LoRAConfig(), 0)
     names = {}
     for case, task in (("learns", DigitTask()), ("unanimous", ConstantTask())):
-        monkeypatch.setattr(task_mod, "get_task", lambda name, task=task: task)
+        monkeypatch.setattr(task_mod, "get_task", lambda name, task=task, **kw: task)
         stage = GRPOStage(cfg, Tokenizer.from_file(tokenizer_file), torch.device("cpu"))
         stage.attach(model)
         batch = stage.rollout()

@@ -18,7 +18,7 @@ def _eval(args: argparse.Namespace) -> int:
         settings = EvalSettings(limit=args.limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
                                 mode=args.mode, samples=args.samples, temperature=args.temperature,
                                 top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                window=args.window)
+                                window=args.window, verifier=args.verifier)
     except ValueError as e:
         raise DijiError(f"--{str(e).replace('_', '-')}") from None
     checkpoints = [c for part in args.checkpoints for c in part.split(",") if c]
@@ -28,7 +28,7 @@ def _eval(args: argparse.Namespace) -> int:
         from diji.eval.decontam import contamination
 
         specs = parse_tasks(args.tasks)
-        validate(specs)
+        validate(specs, settings)
         out = {s.name: contamination(task_texts(s, settings), args.decontaminate, args.ngram)
                for s in specs if s.family != "ppl"}
         for name, rep in out.items():
@@ -37,7 +37,7 @@ def _eval(args: argparse.Namespace) -> int:
         if args.output:
             atomic_write_json(args.output, {"decontamination": out})
         return 0
-    validate(parse_tasks(args.tasks))  # a bad task file fails before any checkpoint is looked at
+    validate(parse_tasks(args.tasks), settings)  # a bad task file fails before any checkpoint is looked at
     for c in checkpoints:
         if not Path(c).is_dir():
             raise DijiError(f"checkpoint not found: {c}")
@@ -71,6 +71,10 @@ def register(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verifier", default="", metavar="math|MODULE:FUNCTION",
+                   help="grader of math:FILE tasks: the built-in final-answer check (math, default) or a plug-in "
+                        "reward(completion, reference) -> float, as module:function or path/file.py:function; "
+                        "a reward >= 1 counts as correct")
     p.add_argument("--window", type=int, default=0, help="ppl window in tokens; 0 = the model's context")
     p.add_argument("--decontaminate", metavar="DATA_DIR",
                    help="also report which task items share a long n-gram with DATA_DIR's train split")

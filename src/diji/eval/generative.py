@@ -4,12 +4,17 @@ Both are `Task`s (data + grader + reward in one class, STYLE.md rule 9): the rea
 `diji.eval.task.get_task`, and a math file becomes a `MathFileTask` whose grader is the GRPO verifier
 (`diji.eval.verifiers`), so evaluation and RL can never disagree about what "correct" means.
 
-Math file format (JSON Lines):
+Math file format (JSON Lines), GSM8K's (Cobbe et al. 2021) or MATH's (Hendrycks et al. 2021) fields:
 
     {"question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
      "answer": "He has 3 + 4 = 7 apples.\\n#### 7"}
+    {"problem": "What is $1/4 + 1/4$?", "solution": "… so the sum is $\\boxed{\\frac{1}{2}}$."}
 
-`answer` is a worked solution ending in GSM8K's `#### <number>` (Cobbe et al. 2021), or just a number.
+The question is the first of QUESTION_FIELDS present, the reference the first of ANSWER_FIELDS that
+holds a readable final answer (`diji.eval.verifiers.reference_answer`: `#### n`, `\\boxed{…}` or a
+bare answer). Items without one are skipped and counted (`skipped`), the same ones every time so
+scores stay comparable; a file with none fails with one line. With a plug-in verifier
+(`module:function`) the reference is the answer field's raw text and is not parsed.
 
 Prompting, in `completion` mode (lm-eval's gsm8k format, few-shot examples from the start of the file):
 
@@ -37,7 +42,7 @@ from diji.eval.lm import LanguageModel
 from diji.eval.result import EvalSettings, Metric, TaskResult
 from diji.eval.stats import majority, pass_at_k
 from diji.eval.task import Example, Grade, Task
-from diji.eval.verifiers import answers_equal, extract_answer, format_ok, normalize_number
+from diji.eval.verifiers import answers_equal, extract_answer, format_ok
 
 QUESTION = "Question: {question}\nAnswer:"
 TARGET_DELIMITER = " "
@@ -47,32 +52,70 @@ HELDOUT_DEFAULT = 200
 """Held-out problems a built-in reasoning task is scored on when --limit is not given."""
 
 
+QUESTION_FIELDS = ("question", "problem", "prompt", "input", "query")
+ANSWER_FIELDS = ("answer", "final_answer", "solution", "target", "output")
+
+
 class MathFileTask(Task):
-    """A GSM8K-style JSONL file as a Task: its items are the `test` split, graded by the GRPO verifier."""
+    """A GSM8K/MATH-style JSONL file as a Task: data (its items), grader and reward (a verifier).
 
-    splits = ("test",)
+    The file is one split: `train` (GRPO's prompts) and `test` (evaluation) both give its items in
+    file order; hold problems out by giving GRPO a different file for `grpo.eval_task`.
+    """
 
-    def __init__(self, path: str | Path) -> None:
+    splits = ("train", "test")
+
+    def __init__(self, path: str | Path, verifier: str = "math") -> None:
+        from diji.eval.verifiers import load_verifier
+
         self.path = Path(path)
         self.name = f"math:{self.path}"
+        self.verifier_name = verifier or "math"
+        self.builtin = self.verifier_name == "math"
+        self.verifier = load_verifier(self.verifier_name)
         rows, self.sha256 = read_jsonl(self.path)
         self._items: list[Example] = []
+        self.skipped = 0
+        """Items left out because no answer field held a readable final answer."""
+        example_bad = ""
         for line, obj in rows:
             where = f"{self.path}:{line}"
-            question = nonempty_str(obj, "question", where)
-            raw = typed_field(obj, "answer", (str, int), where)
-            solution = str(raw)
-            if isinstance(raw, int):
-                reference = str(raw)
-            elif "####" in raw:
-                reference = normalize_number(raw.rsplit("####", 1)[1])
-            else:
-                reference = normalize_number(raw)
+            qfield = next((f for f in QUESTION_FIELDS if f in obj), QUESTION_FIELDS[0])
+            question = nonempty_str(obj, qfield, where)
+            reference, solution = self._reference(obj, where)
             if reference is None:
-                raise DijiError(f"{where}: field 'answer' must end with '#### <number>' (GSM8K style) or be a "
-                                f"number, got {raw[-40:]!r}")
+                self.skipped += 1
+                example_bad = example_bad or where
+                continue
             self._items.append(Example(id=f"line{line}", messages=({"role": "user", "content": question},),
                                        answer=reference, solution=solution, meta={"line": line}))
+        if not self._items:
+            fields = "/".join(ANSWER_FIELDS)
+            raise DijiError(f"{self.path}: no item has a usable answer (first: {example_bad}); each line needs a "
+                            f"field {fields} holding '#### <n>' (GSM8K), '\\boxed{{…}}' (MATH) or a bare answer")
+
+    def _reference(self, obj: dict[str, Any], where: str) -> tuple[str | None, str]:
+        """(normalised reference or None, worked solution) from the first answer field that has one."""
+        from diji.eval.verifiers import reference_answer
+
+        solution = ""
+        for f in ANSWER_FIELDS:
+            if f not in obj:
+                continue
+            raw = typed_field(obj, f, (str, int, float), where)
+            solution = solution or str(raw)
+            if not self.builtin:  # a plug-in reads its own reference
+                return str(raw), solution
+            ref = reference_answer(raw)
+            if ref is not None:
+                # The worked solution (GSM8K's answer, MATH's solution) is the SFT text and the few-shot
+                # example, not a bare answer: the longest field that agrees on the reference.
+                agree = [str(obj[g]) for g in ANSWER_FIELDS if isinstance(obj.get(g), str)
+                         and reference_answer(obj[g]) == ref]
+                return ref, max(agree, key=len, default=solution)
+        if not self.builtin:
+            return "", solution
+        return None, solution
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         """The first n items of the file (the file's order is the order; `seed` does not apply)."""
@@ -81,7 +124,15 @@ class MathFileTask(Task):
 
     def grade(self, example: Example, completion: str) -> Grade:
         got = extract_answer(completion)
-        return Grade(answers_equal(got, example.answer), got, format_ok(completion))
+        if self.builtin:
+            return Grade(answers_equal(got, example.answer), got, format_ok(completion))
+        return Grade(self.verifier(completion, example.answer) >= 1.0, got, format_ok(completion))
+
+    def reward(self, example: Example, completion: str) -> float:
+        """The plug-in's reward as it is; the built-in one plus `format_weight` for a well-formed reply."""
+        if self.builtin:
+            return super().reward(example, completion)
+        return self.verifier(completion, example.answer)
 
 
 def fewshot(pool: list[Example], index: int, k: int) -> list[Example]:
@@ -112,7 +163,7 @@ def resolve_mode(mode: str, lm: LanguageModel) -> str:
 
 
 def evaluate_math(lm: LanguageModel, path: str | Path, settings: EvalSettings, bar, name: str) -> TaskResult:
-    task = MathFileTask(path)
+    task = MathFileTask(path, settings.verifier)
     pool = task.examples("test", 0)
     if settings.num_fewshot >= len(pool):
         raise DijiError(f"{path} has {len(pool)} items: too few for {settings.num_fewshot} few-shot examples "
@@ -128,13 +179,16 @@ def evaluate_math(lm: LanguageModel, path: str | Path, settings: EvalSettings, b
         prompts = [lm.tokenizer.encode(completion_prompt(ex, sh)) for ex, sh in zip(chosen, shots, strict=True)]
         stops = COMPLETION_STOPS
     return _run(lm, task, chosen, prompts, stops, settings, bar, name, "math", task.sha256,
-                {"mode": mode, "num_fewshot": settings.num_fewshot})
+                {"mode": mode, "num_fewshot": settings.num_fewshot, "verifier": task.verifier_name,
+                 "skipped_items": task.skipped})
 
 
 def evaluate_builtin(lm: LanguageModel, task_name: str, settings: EvalSettings, bar, name: str) -> TaskResult:
     """A built-in Task's held-out (`test`) split, prompted exactly as GRPO samples it (chat, zero-shot)."""
     from diji.eval.task import get_task
 
+    if settings.verifier not in ("", "math"):
+        raise DijiError(f"--verifier applies to math:FILE tasks; the built-in task {task_name} has its own")
     task = get_task(task_name)
     chosen = task.examples("test", settings.limit or HELDOUT_DEFAULT, seed=0)
     prompts = [render(list(ex.messages), lm.tokenizer, add_generation_prompt=True)[0] for ex in chosen]
@@ -150,7 +204,7 @@ def _run(lm: LanguageModel, task: Task, examples: list[Example], prompts: list[l
     k = settings.samples
     tok = lm.tokenizer
     with bar(len(prompts), name) as progress:
-        texts = lm.generate(prompts, settings.max_new_tokens, stop_ids=(tok.eos_id, tok.im_end_id),
+        texts = lm.generate(prompts, settings.max_new_tokens, stop_ids=tok.stop_ids,
                             stop_strings=stops, temperature=settings.temperature, top_p=settings.top_p,
                             samples=k, seed=settings.seed, progress=progress)
     pass1, fmt, maj, passk, samples = [], [], [], [], []
@@ -160,7 +214,9 @@ def _run(lm: LanguageModel, task: Task, examples: list[Example], prompts: list[l
         pass1.append(c / k)
         fmt.append(sum(g.format_ok for g in grades) / k)
         voted = majority([g.extracted for g in grades])
-        maj.append(float(voted is not None and answers_equal(voted, ex.answer)))
+        # The vote is right when the task graded a completion with that answer right (a plug-in
+        # verifier's reference need not be comparable with extracted answers).
+        maj.append(float(voted is not None and any(g.correct for g in grades if g.extracted == voted)))
         passk.append(pass_at_k(k, c, k))
         samples.append({"id": ex.id, "answer": ex.answer, "responses": outs,
                         "extracted": [g.extracted for g in grades], "correct": [g.correct for g in grades]})

@@ -72,16 +72,19 @@ def parse_tasks(text: str | Sequence[str]) -> list[TaskSpec]:
     return specs
 
 
-def validate(specs: Sequence[TaskSpec]) -> None:
-    """Read every task file now, so a bad file fails before any model is loaded."""
+def validate(specs: Sequence[TaskSpec], settings: EvalSettings | None = None) -> None:
+    """Read every task file (and load the verifier) now, so a bad input fails before any model is loaded."""
     from diji.eval.generative import MathFileTask
     from diji.eval.mc import load_mc
 
+    verifier = settings.verifier if settings is not None else ""
+    if verifier not in ("", "math") and not any(s.family == "math" for s in specs):
+        raise DijiError("--verifier grades math:FILE tasks; none is listed in --tasks")
     for s in specs:
         if s.family == "mc":
             load_mc(s.target)
         elif s.family == "math":
-            MathFileTask(s.target)
+            MathFileTask(s.target, verifier)
         elif s.family == "ppl" and not Path(s.target).exists():
             raise DijiError(f"ppl source not found: {s.target} (give a data directory, a .txt or a .jsonl file)")
 
@@ -305,7 +308,7 @@ def task_texts(spec: TaskSpec, settings: EvalSettings) -> list[list[str]]:
         items = items[: settings.limit] if settings.limit else items
         return [[it.question, it.choices[it.answer]] for it in items]
     if spec.family == "math":
-        exs = MathFileTask(spec.target).examples("test", settings.limit)
+        exs = MathFileTask(spec.target, settings.verifier).examples("test", settings.limit)
     elif spec.family == "reasoning":
         exs = get_task(spec.target).examples("test", settings.limit or HELDOUT_DEFAULT, seed=0)
     else:
@@ -334,7 +337,7 @@ def evaluate(
     settings = settings or EvalSettings()
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     specs = parse_tasks(tasks)
-    validate(specs)
+    validate(specs, settings)
     date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     report = Report([], settings, date=date)
     if decontaminate is not None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diji.data.tokenizer import SPECIAL_TOKENS, Tokenizer
+from diji.data.tokenizer import Tokenizer
 from diji.errors import DijiError
 from diji.eval.files import nonempty_str, read_jsonl
 from diji.eval.lm import LanguageModel
@@ -104,7 +104,7 @@ def byte_lengths(tok: Tokenizer) -> np.ndarray:
     token's string, so the string's length is the byte count; special tokens stand for no text."""
     table = np.zeros(tok.vocab_size, dtype=np.int64)
     for token, idx in tok.iter_vocab():
-        if idx >= len(SPECIAL_TOKENS):
+        if not tok.is_special(idx):
             table[idx] = len(token)
     return table
 

@@ -33,6 +33,9 @@ class EvalSettings:
     """Seed for sampling; item i draws from a generator seeded by (seed, i)."""
     window: int = 0
     """Tokens per `ppl` window; 0 means the model's context length."""
+    verifier: str = ""
+    """What grades `math:FILE` completions: "" or `math` (the built-in final-answer check), or a plug-in
+    `module:function` / `path/file.py:function` returning a reward (>= 1 counts as correct)."""
 
     def __post_init__(self) -> None:
         for name in ("limit", "num_fewshot", "seed", "window"):

@@ -8,8 +8,9 @@ Because GRPO optimises `reward` and evaluation reports `grade`, both come from t
 cannot drift apart. `score` runs a model on a list of examples (KV-cached batch generation, chat-rendered
 prompts) and returns accuracy; the harness and GRPO's held-out evaluation both call it.
 
-Built-in tasks are looked up by name with `get_task`; the registry maps names to import paths, so
-nothing is imported until a task is asked for.
+Tasks are looked up with `get_task`: a built-in name (the registry maps names to import paths, so
+nothing is imported until a task is asked for) or `math:FILE` — a GSM8K/MATH-style file of the user's
+own problems, optionally graded by a plug-in verifier (`diji.eval.generative.MathFileTask`).
 """
 
 from __future__ import annotations
@@ -90,11 +91,25 @@ def task_names() -> list[str]:
     return sorted(BUILTIN_TASKS)
 
 
-def get_task(name: str, **kwargs: Any) -> Task:
-    """A built-in task by name (kwargs go to its constructor); one clear error for unknown names."""
+FILE_FAMILIES = ("math",)
+"""Task specs of the form `family:FILE` that GRPO can train on (a file of problems with answers)."""
+
+
+def get_task(name: str, verifier: str = "", **kwargs: Any) -> Task:
+    """A task by spec — a built-in name or `math:FILE` (kwargs go to the constructor); `verifier`
+    (`math`, `module:function`) grades a file task. One clear error for unknown names."""
+    family, sep, path = name.partition(":")
+    if sep and family in FILE_FAMILIES:
+        from diji.eval.generative import MathFileTask
+
+        if not path:
+            raise DijiError(f"task '{name}' needs a path after '{family}:'")
+        return MathFileTask(path, verifier=verifier, **kwargs)
     target = BUILTIN_TASKS.get(name)
     if target is None:
-        raise DijiError(f"unknown task '{name}' (known: {', '.join(task_names())})")
+        raise DijiError(f"unknown task '{name}' (known: {', '.join(task_names())}, or math:FILE.jsonl)")
+    if verifier not in ("", "math"):
+        raise DijiError(f"a verifier plug-in applies to math:FILE tasks; the built-in task {name} has its own")
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)(**kwargs)
 
@@ -122,27 +137,25 @@ def score(
     """Generate a reply to every example (greedy by default) and grade it.
 
     Prompts are rendered with the one chat renderer and `add_generation_prompt`, so evaluation sees
-    exactly what SFT trained on and what GRPO samples from. Generation stops at <|im_end|> or EOS.
+    exactly what SFT trained on and what GRPO samples from. Generation is the evaluation harness's own
+    (`LanguageModel.generate`, stopping at the tokenizer's `stop_ids`), so the accuracy a training stage
+    logs is the number `diji eval` reports for the same items and budget.
     """
     import torch
 
     from diji.data.chat import render
-    from diji.model.generate import SamplingParams, generate
+    from diji.eval.lm import LanguageModel
 
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                            stop_ids=(tokenizer.im_end_id, tokenizer.eos_id), seed=seed)
-    completions: list[str] = []
     was_training = model.training
-    model.eval()
     try:
+        lm = LanguageModel(model, tokenizer, batch_size=batch_size)
+        prompts = [render(list(e.messages), tokenizer, add_generation_prompt=True)[0] for e in examples]
         with torch.no_grad():
-            for i in range(0, len(examples), batch_size):
-                chunk = examples[i : i + batch_size]
-                prompts = [render(list(e.messages), tokenizer, add_generation_prompt=True)[0] for e in chunk]
-                outs = generate(model, prompts, params, pad_id=tokenizer.pad_id)
-                completions += [tokenizer.decode(o.tokens) for o in outs]
+            texts = lm.generate(prompts, max_new_tokens, stop_ids=tokenizer.stop_ids, temperature=temperature,
+                                seed=seed)
     finally:
         model.train(was_training)
+    completions = [t[0] for t in texts]
     grades = [task.grade(e, c) for e, c in zip(examples, completions, strict=True)]
     n = max(len(grades), 1)
     return Scored(sum(g.correct for g in grades) / n, sum(g.format_ok for g in grades) / n, completions, grades)

@@ -57,7 +57,15 @@ from diji.train.sft import start_from
 @dataclass(frozen=True)
 class GRPOParams:
     task: str = "arith"
-    """Built-in task supplying prompts, verifier and reward (see `diji.eval.task.task_names()`)."""
+    """Task supplying prompts, verifier and reward: a built-in name (`diji.eval.task.task_names()`) or
+    `math:FILE` — the user's GSM8K/MATH-style JSONL problems (question + answer), all used as prompts."""
+    verifier: str = ""
+    """For a `math:FILE` task: what grades a completion — "" / `math` (the built-in final-answer check,
+    plus format_weight) or a plug-in `module:function` / `path/file.py:function` returning the reward."""
+    eval_task: str = ""
+    """Where val_accuracy is measured: "" = the task's own test split (for `math:FILE`, the same file:
+    give a held-out `math:TEST_FILE` here to measure generalisation). `diji eval CKPT --tasks <it>
+    --max-new-tokens <grpo.max_new_tokens> --limit <grpo.eval_examples>` reports the same number."""
     prompt_pool: int = 20000
     """Distinct training problems drawn from the task's train split; iterated in shuffled epochs."""
     group_size: int = 8
@@ -266,11 +274,12 @@ class GRPOStage:
         from diji.eval.task import get_task
 
         self.cfg, self.p, self.tok, self.device = cfg, cfg.grpo, tokenizer, device
-        self.task = get_task(self.p.task)
+        self.task = get_task(self.p.task, verifier=self.p.verifier)
         self.task.format_weight = self.p.format_weight
+        self.eval_task = get_task(self.p.eval_task, verifier=self.p.verifier) if self.p.eval_task else self.task
         self.pool = self.task.examples("train", self.p.prompt_pool, seed=cfg.run.seed)
         self.prompts = [render(list(e.messages), tokenizer, add_generation_prompt=True)[0] for e in self.pool]
-        self.eval_set = self.task.examples("test", self.p.eval_examples, seed=0)
+        self.eval_set = self.eval_task.examples("test", self.p.eval_examples, seed=0)
         self.data_sha256 = hashlib.sha256(repr([e.messages for e in self.pool]).encode()).hexdigest()
         self.model: torch.nn.Module | None = None  # the policy; set by `grpo()` once the Trainer owns it
         self.ref: torch.nn.Module | None = None
@@ -318,7 +327,7 @@ class GRPOStage:
         base = (self.cfg.run.seed * 1_000_003 + self.rollouts) * 1_000_033
         seeds = [(base + (first + i) * G + j) % 2**63 for i in range(share) for j in range(G)]
         params = SamplingParams(max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature,
-                                top_k=self.p.top_k, top_p=self.p.top_p, stop_ids=(self.tok.im_end_id, self.tok.eos_id))
+                                top_k=self.p.top_k, top_p=self.p.top_p, stop_ids=self.tok.stop_ids)
         self.rollouts += 1
         was_training = self.model.training
         self.model.eval()  # adapters' dropout off while sampling
@@ -414,7 +423,7 @@ class GRPOStage:
     def evaluate(self, model) -> dict[str, float]:
         from diji.eval.task import score
 
-        s = score(model, self.tok, self.task, self.eval_set, max_new_tokens=self.p.max_new_tokens)
+        s = score(model, self.tok, self.eval_task, self.eval_set, max_new_tokens=self.p.max_new_tokens)
         return {"val_accuracy": s.accuracy, "val_format": s.format_rate}
 
     def state_dict(self) -> dict:
@@ -446,7 +455,8 @@ def grpo(cfg: GRPOConfig, resume: bool = False) -> dict[str, Any]:
                         f"context ({model.config.max_position_embeddings}); lower grpo.max_new_tokens")
     job = Job(run=cfg.run, optim=cfg.optim, loop=cfg.train, config=to_dict(cfg), tokenizer_file=tokenizer_file,
               data_sha256=stage.data_sha256, parent=Path(cfg.train.init_from), stage_name="grpo",
-              extra_lineage={**extra, "task": cfg.grpo.task})
+              extra_lineage={**extra, "task": cfg.grpo.task, "eval_task": cfg.grpo.eval_task or cfg.grpo.task,
+                             **({"verifier": cfg.grpo.verifier} if cfg.grpo.verifier else {})})
     trainer = Trainer(model, stage, job)
     stage.device = trainer.device
     stage.rank, stage.world = trainer.dist.rank, trainer.dist.world_size
