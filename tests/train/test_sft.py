@@ -64,10 +64,12 @@ def test_sft_loss_falls_and_lineage_points_to_parent(data_dir, tmp_path):
     assert result["val_loss"] < curve[0]
 
 
-def test_sft_resume_after_a_crash_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("packing", ["false", "true"])
+def test_sft_resume_after_a_crash_equals_uninterrupted(data_dir, tmp_path, monkeypatch, packing):
     base = tiny_base(tmp_path, data_dir)
     data = write_records(tmp_path / "chat.jsonl")
-    sft(load_config(SFTConfig, None, sft_overrides(base, data, tmp_path, "full", steps=12)))
+    pack = [f"data.packing={packing}"]
+    sft(load_config(SFTConfig, None, sft_overrides(base, data, tmp_path, "full", steps=12) + pack))
     from diji.train import sft as sft_mod
 
     original = sft_mod.SFTStage.next_batch
@@ -79,7 +81,7 @@ def test_sft_resume_after_a_crash_equals_uninterrupted(data_dir, tmp_path, monke
             raise RuntimeError("simulated crash")
         return original(self)
 
-    part = load_config(SFTConfig, None, sft_overrides(base, data, tmp_path, "part", steps=12))
+    part = load_config(SFTConfig, None, sft_overrides(base, data, tmp_path, "part", steps=12) + pack)
     monkeypatch.setattr(sft_mod.SFTStage, "next_batch", crash_after_seven)
     with pytest.raises(RuntimeError, match="simulated crash"):
         sft(part)
@@ -102,7 +104,7 @@ def test_bad_inputs_are_clear_errors(data_dir, tmp_path):
     base = tiny_base(tmp_path, data_dir)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "only"}\n')
-    with pytest.raises(DijiError, match=r"bad.jsonl:2: .*prompt"):
+    with pytest.raises(DijiError, match=r"bad.jsonl: record 2: .*fields found: prompt"):
         sft(load_config(SFTConfig, None, sft_overrides(base, bad, tmp_path)))
     with pytest.raises(DijiError, match="not found"):
         sft(load_config(SFTConfig, None, sft_overrides(base, tmp_path / "missing.jsonl", tmp_path)))
@@ -113,3 +115,64 @@ def test_bad_inputs_are_clear_errors(data_dir, tmp_path):
     long = write_records(tmp_path / "ok.jsonl")
     with pytest.raises(DijiError, match="data.seq_len"):
         sft(load_config(SFTConfig, None, sft_overrides(base, long, tmp_path) + ["data.seq_len=8"]))
+
+
+def test_packed_and_padded_give_the_same_per_token_loss(data_dir, tmp_path):
+    """Same examples, same weights: packing (block-diagonal mask, restarting positions) changes nothing."""
+    import torch
+
+    from diji.data.chat import render
+    from diji.data.tokenizer import Tokenizer
+    from diji.kernels import ops
+    from diji.train.sft import IGNORE, pack_rows, pad_batch, read_records
+
+    tok = Tokenizer.from_file(data_dir / "tokenizer.json")
+    rows = [render(c, tok) for c in read_records(write_records(tmp_path / "c.jsonl", 6))]
+    model = Transformer(ModelConfig(**TINY))
+    model.init_weights(seed=1)
+    model.eval()
+    x, y = pad_batch(rows, tok.pad_id)
+    with torch.no_grad():
+        padded = float(ops.cross_entropy(model(x), y, ignore_index=IGNORE))
+    half = sum(len(r[0]) - 1 for r in rows[:3])
+    T = max(half, sum(len(r[0]) - 1 for r in rows[3:])) + 5  # two rows of three, with a padded tail
+    px, py, pos, attn, real = pack_rows([rows[:3], rows[3:]], T, tok.pad_id)
+    with torch.no_grad():
+        packed = float(ops.cross_entropy(model(px, position_ids=pos, attention_mask=attn), py, ignore_index=IGNORE))
+    assert int((py != IGNORE).sum()) == int((y != IGNORE).sum())
+    assert int(real.sum()) == sum(len(r[0]) - 1 for r in rows)
+    assert abs(packed - padded) < 1e-5
+    assert pos[0, len(rows[0][0]) - 1] == 0  # the second conversation restarts at position 0
+    assert not bool(attn[0, 0, len(rows[0][0]) - 1, 0])  # and cannot see the first one
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_formats_and_containers_train_without_conversion(data_dir, tmp_path, packing, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+    from test_records import _write_all
+
+    base = tiny_base(tmp_path, data_dir)
+    files = _write_all(tmp_path)
+    for name in (["json", "jsonl", "parquet", "save_to_disk"] if not packing else ["json"]):
+        over = sft_overrides(base, files[name], tmp_path, name=f"{name}-{packing}", steps=2)
+        result = sft(load_config(SFTConfig, None, [*over, f"data.packing={str(packing).lower()}",
+                                                   "data.val_fraction=0.34"]))
+        assert result["val_loss"] > 0
+    err = capsys.readouterr().err
+    assert "format alpaca (JSON array)" in err and ("packed batches" in err) == packing
+
+
+def test_overlong_policy_is_counted_and_printed(data_dir, tmp_path, capsys):
+    base = tiny_base(tmp_path, data_dir)
+    data = write_records(tmp_path / "chat.jsonl")
+    with open(data, "a") as f:
+        for i in range(3):
+            f.write(json.dumps({"prompt": "say " + "very long " * 60, "response": f"ok {i}"}) + "\n")
+    sft(load_config(SFTConfig, None, sft_overrides(base, data, tmp_path, "drop", steps=1)))
+    assert "3 over-long records dropped (data.overlong=drop" in capsys.readouterr().err
+    result = sft(load_config(SFTConfig, None, sft_overrides(base, data, tmp_path, "cut", steps=1)
+                             + ['data.overlong="truncate"']))
+    assert "3 over-long records truncated" in capsys.readouterr().err
+    assert read_lineage(result["checkpoint"])["overlong_truncated"] == 3

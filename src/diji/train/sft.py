@@ -1,13 +1,19 @@
 """Supervised fine-tuning on conversations — the stage's own part of the one training loop.
 
-Data: a JSONL file of `{"messages": [...]}` or `{"prompt", "response"}` records, or a built-in task's
-worked solutions (`data.task`). Every record is rendered by the one chat renderer into (ids, loss_mask);
-the loss is next-token cross-entropy on assistant tokens only (the mask), averaged over those tokens.
+Data: a file or `save_to_disk` folder of messages / sharegpt / alpaca / prompt-response records
+(`diji.data.records`: JSONL, JSON, parquet, CSV, arrow; the detected format is printed), or a built-in
+task's worked solutions (`data.task`). Every record is rendered by the one chat renderer into
+(ids, loss_mask); the loss is next-token cross-entropy on assistant tokens only (the mask), averaged over
+those tokens. Records longer than data.seq_len are dropped or truncated (data.overlong; the count is
+printed when training starts).
 
-Batches are padded, one conversation per row, never packed: with right padding and causal attention a
-token only ever sees its own conversation, so there is no cross-sample leak and no mask is needed (the
-pad positions are excluded from the loss). Rows are drawn in a per-epoch permutation fixed by
-(seed, epoch); the resumable state is just (epoch, cursor).
+Batches are either padded — one conversation per row, right padding, plain causal attention (a token
+only sees its own conversation; pad positions are out of the loss) — or packed (data.packing): rows of
+exactly seq_len tokens, each holding several conversations back to back, with a block-diagonal causal
+mask and position ids restarting at 0 per conversation, so every token sees exactly what it would see
+alone and the per-token loss equals the padded one (tests/train/test_sft.py) without computing pads.
+Conversations are taken in a per-epoch permutation fixed by (seed, epoch); the resumable state is just
+(epoch, cursor) in both modes, because packing is a deterministic function of that order.
 
 Full fine-tuning or LoRA (`[lora] rank > 0`): with LoRA only the adapters train and the checkpoints are
 adapter checkpoints (`diji lora merge` folds them into a plain one).
@@ -17,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +45,20 @@ IGNORE = -100
 @dataclass(frozen=True)
 class SFTData:
     path: str = ""
-    """JSONL file of conversations ({"messages": [...]}) or {"prompt", "response"} pairs."""
+    """A file (.jsonl, .json, .parquet, .csv, .tsv, .arrow) or `datasets.save_to_disk` folder of records in
+    messages, sharegpt, alpaca or prompt/response format (see diji.data.records)."""
+    format: str = "auto"
+    """Record format: auto (detected from the first record and printed), messages, sharegpt, alpaca,
+    prompt_response."""
+    columns: tuple[str, ...] = ()
+    """Column mapping for other layouts, 'field=column' (e.g. ["prompt=question", "response=answer"]);
+    fields: messages, conversations, instruction, input, output, history, system, prompt, response."""
+    overlong: str = "drop"
+    """Records longer than seq_len: 'drop' (default: every trained example ends with its stop token, so
+    the model never learns to stop mid-answer) or 'truncate' (keep the first seq_len tokens)."""
+    packing: bool = False
+    """Pack several conversations into each row of seq_len tokens (block-diagonal attention, positions
+    restarting per conversation); with packing, train.batch_size counts rows, not conversations."""
     task: str = ""
     """Instead of a file: a built-in task (e.g. "arith") whose train split's worked solutions are the data."""
     task_examples: int = 4000
@@ -45,7 +66,7 @@ class SFTData:
     val_fraction: float = 0.05
     """Fraction of records held out for val_loss (at least one record)."""
     seq_len: int = 256
-    """Longest rendered conversation in tokens; longer records are skipped (and counted)."""
+    """Longest rendered conversation in tokens (longer ones: see overlong); with packing, the row length."""
     eval_task: str = ""
     """Also report held-out accuracy on this task's test split at every evaluation (empty = off)."""
     eval_examples: int = 100
@@ -56,6 +77,11 @@ class SFTData:
     def __post_init__(self) -> None:
         if bool(self.path) == bool(self.task):
             raise ValueError("set exactly one of data.path (a JSONL file) and data.task (a built-in task)")
+        if self.overlong not in ("drop", "truncate"):
+            raise ValueError(f"data.overlong must be 'drop' or 'truncate', got {self.overlong!r}")
+        if self.format not in ("auto", "messages", "sharegpt", "alpaca", "prompt_response"):
+            raise ValueError(f"data.format must be auto, messages, sharegpt, alpaca or prompt_response, "
+                             f"got {self.format!r}")
         if self.seq_len < 8:
             raise ValueError(f"data.seq_len must be >= 8, got {self.seq_len}")
         if not 0 < self.val_fraction < 1:
@@ -90,36 +116,66 @@ def start_from(ckpt: str, lora: LoRAConfig, seed: int) -> tuple[torch.nn.Module,
     return model, loaded.tokenizer_file, extra
 
 
-def read_records(path: str | Path) -> list[list[dict[str, str]]]:
-    """Conversations from a JSONL file; one clear error naming the line on bad input."""
-    from diji.data.chat import conversation_from_record
+def read_records(path: str | Path, fmt: str = "auto", columns: tuple[str, ...] = ()) -> list[list[dict[str, str]]]:
+    """Conversations from any supported file or folder; one clear error naming the record on bad input."""
+    from diji.data.records import load_conversations
 
-    p = Path(path)
-    if not p.is_file():
-        raise DijiError(f"SFT data file not found: {p}")
-    out = []
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise DijiError(f"{p} is not UTF-8 text") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(conversation_from_record(json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise DijiError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-        except ValueError as e:
-            raise DijiError(f"{p}:{n}: {e}") from None
-    if not out:
-        raise DijiError(f"{p} holds no records")
-    return out
+    return load_conversations(path, fmt, columns).conversations
 
 
 def task_records(task_name: str, n: int, seed: int) -> list[list[dict[str, str]]]:
     from diji.eval.task import get_task
 
     return [e.conversation() for e in get_task(task_name).examples("train", n, seed=seed)]
+
+
+def fit(rendered: list[tuple[list[int], list[int]]], seq_len: int, policy: str
+        ) -> tuple[list[tuple[list[int], list[int]]], dict[str, int]]:
+    """Apply the over-long policy; drop records with nothing to learn. Returns (kept, counts)."""
+    keep, counts = [], {"overlong_dropped": 0, "overlong_truncated": 0, "no_target": 0}
+    for ids, mask in rendered:
+        if len(ids) > seq_len:
+            if policy == "drop":
+                counts["overlong_dropped"] += 1
+                continue
+            ids, mask = ids[:seq_len], mask[:seq_len]
+            counts["overlong_truncated"] += 1
+        if sum(mask[1:]) == 0:
+            counts["no_target"] += 1
+            continue
+        keep.append((ids, mask))
+    return keep, counts
+
+
+def pack_rows(rows: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Conversations (each ≤ seq_len + 1 tokens, grouped per row) → (inputs, targets, positions, mask, real).
+
+    `rows` is a list of rows, each a list of (ids, loss_mask). A conversation of n tokens contributes
+    n - 1 inputs and targets, position ids 0..n-2, and attends only to itself (block-diagonal causal
+    mask (B, 1, T, T)); the row's tail is padding that attends only to itself and is out of the loss.
+    `real` (B, T) marks the non-pad positions (for the tokens/s count).
+    """
+    B, T = len(rows), seq_len
+    x = torch.full((B, T), pad_id, dtype=torch.long)
+    y = torch.full((B, T), IGNORE, dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    seg = torch.full((B, T), -1, dtype=torch.long)
+    for b, row in enumerate(rows):
+        at = 0
+        for k, (ids, mask) in enumerate(row):
+            n = len(ids) - 1
+            t = torch.tensor(ids, dtype=torch.long)
+            m = torch.tensor(mask[1:], dtype=torch.bool)
+            x[b, at : at + n] = t[:-1]
+            y[b, at : at + n] = torch.where(m, t[1:], torch.full_like(t[1:], IGNORE))
+            pos[b, at : at + n] = torch.arange(n)
+            seg[b, at : at + n] = k
+            at += n
+        pos[b, at:] = torch.arange(T - at)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    attn = (seg[:, :, None] == seg[:, None, :]) & causal  # pads (seg -1) form one causal block of their own
+    return x, y, pos, attn[:, None], seg >= 0
 
 
 def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,15 +196,22 @@ class SFTStage:
         from diji.data.chat import render
 
         self.cfg, self.tok, self.device = cfg, tokenizer, device
-        convs = (read_records(cfg.data.path) if cfg.data.path
-                 else task_records(cfg.data.task, cfg.data.task_examples, cfg.run.seed))
-        rendered = [render(c, tokenizer) for c in convs]
-        keep = [r for r in rendered if len(r[0]) <= cfg.data.seq_len and sum(r[1][1:]) > 0]
-        self.skipped = len(rendered) - len(keep)
+        d = cfg.data
+        if d.path:
+            from diji.data.records import load_conversations
+
+            intake = load_conversations(d.path, d.format, d.columns)
+            convs, self.source = intake.conversations, intake.describe()
+        else:
+            convs = task_records(d.task, d.task_examples, cfg.run.seed)
+            self.source = f"task {d.task}: {len(convs)} records"
+        # +1: a conversation of seq_len + 1 tokens gives seq_len inputs and targets
+        keep, self.counts = fit([render(c, tokenizer) for c in convs], d.seq_len + 1, d.overlong)
+        self.skipped = self.counts["overlong_dropped"] + self.counts["no_target"]
         if len(keep) < 2:
             raise DijiError(
-                f"only {len(keep)} of {len(rendered)} records fit data.seq_len={cfg.data.seq_len} with an "
-                "assistant turn to learn; raise data.seq_len or check the data"
+                f"only {len(keep)} of {len(convs)} records fit data.seq_len={d.seq_len} with an "
+                "assistant turn to learn; raise data.seq_len, set data.overlong='truncate', or check the data"
             )
         n_val = max(1, int(len(keep) * cfg.data.val_fraction))
         # The split is a fixed shuffle of the records (seeded), so val never changes between runs/resumes.
@@ -171,20 +234,55 @@ class SFTStage:
         random.Random(f"sft/{self.cfg.run.seed}/{epoch}").shuffle(perm)
         return perm
 
+    def summary(self) -> str:
+        """One line for the start of training: what was read and what the over-long policy did."""
+        c, d = self.counts, self.cfg.data
+        over = (f"{c['overlong_dropped']} over-long records dropped" if d.overlong == "drop"
+                else f"{c['overlong_truncated']} over-long records truncated")
+        return (f"sft data: {self.source}; {len(self.train)} train / {len(self.val)} val; {over} "
+                f"(data.overlong={d.overlong}, seq_len {d.seq_len}); {c['no_target']} without an assistant "
+                f"token skipped; {'packed' if d.packing else 'padded'} batches")
+
+    def _next(self) -> tuple[list[int], list[int]]:
+        if self.cursor == len(self._perm):
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._perm = self._permutation(self.epoch)
+        return self.train[self._perm[self.cursor]]
+
     def next_batch(self):
-        rows = []
-        for _ in range(self.cfg.train.batch_size):
-            if self.cursor == len(self._perm):
-                self.epoch, self.cursor = self.epoch + 1, 0
-                self._perm = self._permutation(self.epoch)
-            rows.append(self.train[self._perm[self.cursor]])
+        if not self.cfg.data.packing:
+            rows = []
+            for _ in range(self.cfg.train.batch_size):
+                rows.append(self._next())
+                self.cursor += 1
+            return pad_batch(rows, self.tok.pad_id)
+        # greedy first-fit in permutation order: a conversation that does not fit the current row opens
+        # the next one; one that does not fit the last row waits for the next batch (cursor unchanged)
+        T = self.cfg.data.seq_len
+        packed: list[list[tuple[list[int], list[int]]]] = [[] for _ in range(self.cfg.train.batch_size)]
+        row, used = 0, 0
+        while row < len(packed):
+            ex = self._next()
+            n = len(ex[0]) - 1
+            if used + n > T:
+                row, used = row + 1, 0
+                continue
+            packed[row].append(ex)
+            used += n
             self.cursor += 1
-        return pad_batch(rows, self.tok.pad_id)
+        return pack_rows(packed, T, self.tok.pad_id)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
-        x, y = (t.to(self.device) for t in batch)
-        loss = ops.cross_entropy(model(x), y, ignore_index=IGNORE)
-        return loss, {"tokens": int((x != self.tok.pad_id).sum()), "target_tokens": int((y != IGNORE).sum())}
+        if len(batch) == 5:
+            x, y, pos, attn, real = (t.to(self.device) for t in batch)
+            logits = model(x, position_ids=pos, attention_mask=attn)
+            tokens = int(real.sum())
+        else:
+            x, y = (t.to(self.device) for t in batch)
+            logits = model(x)
+            tokens = int((x != self.tok.pad_id).sum())
+        loss = ops.cross_entropy(logits, y, ignore_index=IGNORE)
+        return loss, {"tokens": tokens, "target_tokens": int((y != IGNORE).sum())}
 
     def evaluate(self, model) -> dict[str, float]:
         total, count = 0.0, 0
@@ -220,9 +318,11 @@ def sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
                         f"({model.config.max_position_embeddings})")
     tok = Tokenizer.from_file(tokenizer_file)
     stage = SFTStage(cfg, tok, torch.device("cpu"))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"diji: {stage.summary()}", file=sys.stderr)
     job = Job(run=cfg.run, optim=cfg.optim, loop=cfg.train, config=to_dict(cfg), tokenizer_file=tokenizer_file,
               data_sha256=stage.data_sha256, parent=Path(cfg.train.init_from), stage_name="sft",
-              extra_lineage={**extra, "records_skipped": stage.skipped})
+              extra_lineage={**extra, "records_skipped": stage.skipped, **stage.counts})
     trainer = Trainer(model, stage, job)
     stage.device = trainer.device
     return trainer.run(resume=resume)
