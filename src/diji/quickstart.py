@@ -211,8 +211,12 @@ class Quickstart:
             loaded = load_checkpoint(ckpt)
             tok = Tokenizer.from_file(loaded.tokenizer_file)
             prompts = [render(list(e.messages), tok, add_generation_prompt=True)[0] for e in examples]
+            budget = min(96, loaded.model.config.max_position_embeddings - max(len(p) for p in prompts))
+            if budget <= 0:
+                self.say(f"skipping {stage} sample replies: the prompts do not fit the model's context")
+                return
             outs = generate(loaded.model.eval(), prompts,
-                            SamplingParams(max_new_tokens=96, temperature=0.0, stop_ids=tok.stop_ids),
+                            SamplingParams(max_new_tokens=budget, temperature=0.0, stop_ids=tok.stop_ids),
                             pad_id=tok.pad_id)
             for row, e, g in zip(rows, examples, outs, strict=True):
                 reply = tok.decode(g.tokens, skip_special_tokens=True)

@@ -147,3 +147,23 @@ def test_card_renders_curves_and_eval_table_in_chromium_offline(pipeline, tmp_pa
                       int(boxes["curve"]["y"] + boxes["curve"]["height"])))
     blue = sum(n for n, (r, g, b) in curve.getcolors(1 << 20) if b > 180 and r < 120 and g < 160)
     assert blue > 50, blue
+
+
+def test_quickstart_records_samples_and_writes_its_card(data_dir, tmp_path):
+    """The quickstart's own steps after training, on a tiny checkpoint (the full chain runs in CI)."""
+    from diji.quickstart import CHAT_SAMPLES, Quickstart, run_quickstart
+
+    result = pretrain(load_config(PretrainConfig, None, tiny_overrides(data_dir, tmp_path / "runs", "pretrain",
+                                                                       steps=4) + ["model.max_position_embeddings=256"]))
+    qs = Quickstart(tmp_path, fast=True, quiet=True)
+    qs.summary["pretrain"] = {"checkpoint": result["checkpoint"], "val_loss": result["val_loss"], "unigram_loss": 6.0}
+    qs.sample(result["checkpoint"])
+    qs.chat_samples({"sft": result["checkpoint"], "grpo": result["checkpoint"]})
+    qs.timed("samples")
+    samples = json.loads((tmp_path / "summary.json").read_text())["samples"]
+    assert samples["pretrain"]["prompt"] == "def " and len(samples["chat"]) == CHAT_SAMPLES
+    assert {"question", "answer", "sft", "grpo"} <= set(samples["chat"][0])
+    page = qs.card().read_text()
+    assert "Held-out problems, greedy replies" in page and (tmp_path / "report.md").is_file()
+    with pytest.raises(DijiError, match="already holds a quickstart; pass --overwrite"):
+        run_quickstart(tmp_path)
