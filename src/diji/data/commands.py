@@ -1,4 +1,4 @@
-"""CLI for stage 2: `diji data prepare`, `diji data report`, `diji tokenizer train`."""
+"""CLI for stage 2: `diji data prepare|report|flywheel|distill`, `diji tokenizer train`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,32 @@ def register(sub: Any) -> None:
     f.add_argument("--min-rating", type=int, default=1, help="keep responses rated at least this (default 1)")
     f.set_defaults(func=_flywheel)
 
+    d = dsub.add_parser(
+        "distill", help="SFT data by rejection sampling: a teacher answers, a verifier keeps the right replies",
+        description="Sample --samples replies per problem of --prompts (GSM8K/MATH-style JSONL with answers) from "
+        "--teacher (an OpenAI-compatible URL or a checkpoint directory), keep the verified ones with their "
+        "<think> trace, and append them to --out as messages JSONL for `diji train sft`. Rerun the same command "
+        "to resume after an interruption (no prompt is lost or repeated).")
+    d.add_argument("--teacher", required=True, metavar="URL|CKPT")
+    d.add_argument("--prompts", required=True, metavar="FILE")
+    d.add_argument("--out", required=True, metavar="FILE")
+    d.add_argument("--samples", type=int, default=4, metavar="K", help="replies sampled per prompt (default 4)")
+    d.add_argument("--verifier", default="math", metavar="math|MODULE:FUNCTION")
+    d.add_argument("--keep", type=int, default=0, metavar="N", help="verified replies kept per prompt; 0 = all")
+    d.add_argument("--require-think", action="store_true", help="keep only replies with a <think> trace")
+    d.add_argument("--max-tokens", type=int, default=1024)
+    d.add_argument("--temperature", type=float, default=0.7)
+    d.add_argument("--top-p", type=float, default=1.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--model", default="", help="model name for the endpoint (default: the first it lists)")
+    d.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="environment variable with the endpoint's API key")
+    d.add_argument("--concurrency", type=int, default=4, help="requests in flight (endpoint teachers)")
+    d.add_argument("--retries", type=int, default=4, help="retries per prompt on errors, timeouts, 429/5xx")
+    d.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=_distill)
+
     tok = sub.add_parser("tokenizer", help="train byte-level BPE tokenizers")
     tok.set_defaults(func=lambda a: _help(tok))
     tsub = tok.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
@@ -61,6 +87,25 @@ def _flywheel(args: argparse.Namespace) -> int:
 
     stats = export_flywheel(args.audit_dir, args.out, min_rating=args.min_rating)
     print(json.dumps(stats.as_dict()))
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    import json
+
+    from diji.data.distill import DistillConfig, distill
+    from diji.errors import DijiError
+
+    cfg = DistillConfig(teacher=args.teacher, prompts=args.prompts, out=args.out, samples=args.samples,
+                        verifier=args.verifier, keep=args.keep, require_think=args.require_think,
+                        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                        model=args.model, api_key_env=args.api_key_env, concurrency=args.concurrency,
+                        retries=args.retries, timeout=args.timeout)
+    stats = distill(cfg, progress=not args.quiet)
+    print(json.dumps(stats.as_dict(), ensure_ascii=False))
+    if stats.failed:
+        raise DijiError(f"{stats.failed} prompts failed after {args.retries} retries (first: {stats.errors[0]}); "
+                        "rerun the same command to retry them")
     return 0
 
 
