@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,fast,serve,hf,data,external,track
+EXTRAS ?= dev,fast,serve,hf,data,external,track,distill
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.diji-installed
 
