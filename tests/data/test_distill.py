@@ -82,6 +82,18 @@ def test_only_verified_replies_are_kept_with_their_trace(tmp_path):
     assert again.done_before == 6 and again.processed == 0 and len(read(out)) == 12
 
 
+def test_under_torchrun_only_rank_zero_samples(tmp_path, monkeypatch):
+    prompts = write(tmp_path / "p.jsonl", problems(3))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    teacher = Scripted()
+    stats = distill(DistillConfig(teacher="x", prompts=str(prompts), out=str(tmp_path / "o.jsonl")), False, teacher)
+    assert stats.prompts == 3 and stats.processed == 0 and not teacher.calls and not (tmp_path / "o.jsonl").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert distill(DistillConfig(teacher="x", prompts=str(prompts), out=str(tmp_path / "o.jsonl")), False,
+                   teacher).processed == 3
+
+
 def test_reasoning_returned_separately_is_put_back():
     msg = {"content": "#### 4", "reasoning_content": "2+2=4"}
     assert join_reasoning(msg) == "<think>\n2+2=4\n</think>\n\n#### 4"

@@ -93,7 +93,7 @@ def _flywheel(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     import json
 
-    from diji.data.distill import DistillConfig, distill
+    from diji.data.distill import DistillConfig, distill, env_rank
     from diji.errors import DijiError
 
     cfg = DistillConfig(teacher=args.teacher, prompts=args.prompts, out=args.out, samples=args.samples,
@@ -102,6 +102,8 @@ def _distill(args: argparse.Namespace) -> int:
                         model=args.model, api_key_env=args.api_key_env, concurrency=args.concurrency,
                         retries=args.retries, timeout=args.timeout)
     stats = distill(cfg, progress=not args.quiet)
+    if env_rank() != 0:
+        return 0
     print(json.dumps(stats.as_dict(), ensure_ascii=False))
     if stats.failed:
         raise DijiError(f"{stats.failed} prompts failed after {args.retries} retries (first: {stats.errors[0]}); "

@@ -23,7 +23,8 @@ content, not their line, so the same file or an extended one resumes correctly.
 
 Requests run concurrently (`--concurrency` threads) and are retried with exponential backoff on
 connection errors, timeouts, 408/429 and 5xx; a prompt that still fails is left out of the ledger (a
-rerun retries it) and the command exits non-zero after saying how many.
+rerun retries it) and the command exits non-zero after saying how many. Under torchrun only rank 0
+works (the others check the inputs and exit), so the result is the single-process one.
 """
 
 from __future__ import annotations
@@ -344,6 +345,13 @@ def select(task: Any, example: Any, replies: list[str], cfg: DistillConfig) -> l
     return out
 
 
+def env_rank() -> int:
+    """This process's rank under torchrun (0 outside it)."""
+    from diji.compute.distributed import env_world_size
+
+    return int(os.environ.get("RANK", "0")) if env_world_size() > 1 else 0
+
+
 def distill(cfg: DistillConfig, progress: bool = True, teacher: Teacher | None = None) -> DistillStats:
     """Run (or resume) a distillation; returns what happened. `teacher` overrides `cfg.teacher` (tests)."""
     from tqdm import tqdm
@@ -360,6 +368,9 @@ def distill(cfg: DistillConfig, progress: bool = True, teacher: Teacher | None =
             stats.duplicates += 1
         todo_all.setdefault(pid, ex)
     stats.prompts = len(todo_all)
+    if env_rank() != 0:
+        # Under torchrun the ranks would append to one file; rank 0 does the whole run, as one process does.
+        return stats
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ledger = out.with_name(out.name + ".done.jsonl")
