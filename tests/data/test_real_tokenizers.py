@@ -188,13 +188,11 @@ def _texts(key: str) -> list[str]:
     return cases + [m["content"] for m in CONVERSATION + REASONING]
 
 
-# Qwen declares no BOS (tokenizer_config "bos_token": null, so transformers' bos_token_id is None) but its
-# generation_config.json carries "bos_token_id": 151643, which diji's Tokenizer takes as bos_id.
-_QWEN_BOS = pytest.mark.xfail(strict=True, reason="Tokenizer.bos_id falls back to generation_config's "
-                              "bos_token_id although tokenizer_config.json says bos_token: null")
+# Qwen declares no BOS (tokenizer_config "bos_token": null, so transformers' bos_token_id is None) although its
+# generation_config.json carries "bos_token_id": 151643; diji follows the tokenizer_config.
 
 
-@pytest.mark.parametrize("key", [*(pytest.param(k, marks=_QWEN_BOS) if k == "qwen2" else k for k in REAL_TOKENIZERS),
+@pytest.mark.parametrize("key", [*REAL_TOKENIZERS,
                                  "built-chatml", "built-qwen3"])
 def test_diji_bos_matches_transformers(key, auto_of, diji_of):
     assert diji_of(key).bos_id == auto_of(key).bos_token_id
@@ -247,14 +245,9 @@ def test_diji_render_matches_apply_chat_template(key, add_generation_prompt, aut
 
 # Mistral Nemo's template writes the system prompt into the *last* message only when that message is a
 # user turn, so the prompt for the final answer (system prompt inside the last user turn) shares only
-# "[INST]" with the conversation that includes the answer (system prompt gone); the prefix rule then
-# marks everything after that as the answer's targets, user turns included.
-_NEMO_MASK = pytest.mark.xfail(strict=True, reason="chat.assistant_spans: the final turn's span starts at a "
-                               "short common prefix and covers user text (Mistral Nemo drops the system prompt)")
-
-
-@pytest.mark.parametrize("key", [pytest.param(k, marks=_NEMO_MASK) if k == "built+mistral-nemo" else k
-                                 for k in KEYS])
+# "[INST]" with the conversation that includes the answer (system prompt gone); the prefix rule then falls
+# back to the answer's own text rather than take in the user turns.
+@pytest.mark.parametrize("key", KEYS)
 def test_diji_sft_render_masks_the_final_answer(key, auto_of, diji_of):
     from diji.data.chat import render
 

@@ -345,9 +345,6 @@ def test_train_state_changed_without_rehash_is_refused(trained, tmp_path):
 # lineage.json cannot list its own digest, so every field other than `files`/`weights_sha256` can be edited
 # without breaking a hash; the loader must still refuse a malformed one in one line.
 
-@pytest.mark.xfail(strict=True, reason="lora.py adapter_config (lines 134-135) passes lineage['lora'] to from_dict "
-                   "unchecked: a string/list/number gives 'internal error: AttributeError' (exit 1); "
-                   "verify_checkpoint does not check that `lora` is an object")
 @pytest.mark.parametrize("lora", ["x", [1], 1], ids=["string", "list", "number"])
 def test_lineage_lora_of_the_wrong_type_is_refused_in_one_line(base, tmp_path, lora, capsys):
     def edit(ckpt: Path) -> None:

@@ -48,10 +48,13 @@ CHAT_TEMPLATE = (
 )
 """diji's own template: ChatML, the format diji-trained checkpoints learn."""
 
-# Private-use code points (plane 16) that mark escaped text and generation blocks inside a rendering;
-# removed from incoming text first, so no message can forge one.
-_ESC_OPEN, _ESC_CLOSE, _GEN_OPEN, _GEN_CLOSE = "\U0010fff0", "\U0010fff1", "\U0010fff2", "\U0010fff3"
-_MARKERS = re.compile("[\U0010fff0-\U0010fff3]")
+# Private-use code points (plane 16) that mark escaped text and generation blocks inside a rendering. A
+# message's own copy of one of them (or of _LITERAL) is carried as _LITERAL + a digit and restored, so no
+# message can forge a marker and no character is lost.
+_ESC_OPEN, _ESC_CLOSE, _GEN_OPEN, _GEN_CLOSE, _LITERAL = (
+    "\U0010fff0", "\U0010fff1", "\U0010fff2", "\U0010fff3", "\U0010fff4")
+_RESERVED = re.compile("[\U0010fff0-\U0010fff4]")
+_MARKERS = re.compile("\U0010fff4[0-4]|[\U0010fff0-\U0010fff3]")
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 
@@ -97,7 +100,27 @@ def compile_template(source: str) -> Any:
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
+    class Namespace(jinja2.utils.Namespace):
+        """`namespace()` that refuses underscore-prefixed names (no reaching CPython internals through it)."""
+
+        def __init__(*args, **kwargs):  # Jinja's own signature trick, so namespace(self=...) still works
+            self, args = args[0], args[1:]
+            attrs = dict(*args, **kwargs)
+            for name in attrs:
+                Namespace._check(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name, value):
+            Namespace._check(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
+
+        @staticmethod
+        def _check(name):
+            if isinstance(name, str) and name.startswith("_"):
+                raise jinja2.exceptions.SecurityError(f"chat templates may not set underscore attributes ({name!r})")
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.globals["namespace"] = Namespace
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -154,10 +177,14 @@ def split_reasoning(text: str) -> tuple[str, str]:
     return reasoning, text[close + len(THINK_CLOSE) :]
 
 
+def _literal(m: re.Match) -> str:
+    return _LITERAL + str(ord(m.group(0)) - ord(_ESC_OPEN))
+
+
 def _escape(value: Any, pattern: re.Pattern | None) -> Any:
-    """A copy of a message field with reserved markers removed and control tokens wrapped for text encoding."""
+    """A copy of a message field with reserved code points made literal and control tokens wrapped in markers."""
     if isinstance(value, str):
-        value = _MARKERS.sub("", value)
+        value = _RESERVED.sub(_literal, value)
         return pattern.sub(lambda m: _ESC_OPEN + m.group(0) + _ESC_CLOSE, value) if pattern else value
     if isinstance(value, dict):
         return {k: _escape(v, pattern) for k, v in value.items()}
@@ -166,9 +193,12 @@ def _escape(value: Any, pattern: re.Pattern | None) -> Any:
     return value
 
 
-def _prepare(messages: list[dict[str, Any]], tokenizer: ChatTokenizer, trusted: bool) -> list[dict[str, Any]]:
+def _control_pattern(tokenizer: ChatTokenizer, trusted: bool) -> re.Pattern | None:
     controls = () if trusted else tokenizer.control_tokens
-    pattern = re.compile("|".join(map(re.escape, controls))) if controls else None
+    return re.compile("|".join(map(re.escape, controls))) if controls else None
+
+
+def _prepare(messages: list[dict[str, Any]], pattern: re.Pattern | None) -> list[dict[str, Any]]:
     out = []
     for m in messages:
         m = _escape(dict(m), pattern)
@@ -193,13 +223,15 @@ def _render_marked(messages, tokenizer: ChatTokenizer, add_generation_prompt: bo
             **{"tools": None, "documents": None, **tokenizer.special_tokens, **kwargs})
     except jinja2.exceptions.TemplateError as e:
         raise ValueError(f"the chat template refused the conversation: {e}") from None
+    except Exception as e:  # a Python error inside the template's own logic is still the template's verdict
+        raise ValueError(f"the chat template failed on this conversation: {type(e).__name__}: {e}") from None
 
 
 def _unmark(marked: str) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
     """Remove markers: (clean text, escaped spans, generation spans), spans in clean-text characters."""
     clean: list[str] = []
     pos, esc, gen = 0, [], []
-    esc_start = gen_start = 0
+    esc_start = gen_start = None
     last = 0
     for m in _MARKERS.finditer(marked):
         piece = marked[last : m.start()]
@@ -207,24 +239,79 @@ def _unmark(marked: str) -> tuple[str, list[tuple[int, int]], list[tuple[int, in
         pos += len(piece)
         last = m.end()
         ch = m.group(0)
-        if ch == _ESC_OPEN:
+        if len(ch) == 2:  # a message's own reserved code point
+            clean.append(chr(ord(_ESC_OPEN) + int(ch[1])))
+            pos += 1
+        elif ch == _ESC_OPEN:
             esc_start = pos
-        elif ch == _ESC_CLOSE:
+        elif ch == _ESC_CLOSE and esc_start is not None:  # a template that slices content may orphan one
             esc.append((esc_start, pos))
+            esc_start = None
         elif ch == _GEN_OPEN:
             gen_start = pos
-        else:
+        elif ch == _GEN_CLOSE and gen_start is not None:
             gen.append((gen_start, pos))
+            gen_start = None
     clean.append(marked[last:])
     return "".join(clean), esc, gen
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _locate(text: str, untrusted: list[str], pattern: re.Pattern) -> list[tuple[int, int]] | None:
+    """Escaped spans for control strings of `untrusted` values found verbatim in `text` (None if one is not)."""
+    spans: list[tuple[int, int]] = []
+    for v in untrusted:
+        hits = [m.span() for m in pattern.finditer(v)]
+        if not hits:
+            continue
+        start, found = 0, False
+        while (i := text.find(v, start)) >= 0:
+            spans += [(i + a, i + b) for a, b in hits]
+            start, found = i + len(v), True
+        if not found:
+            return None
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(set(spans)):
+        if not out or a >= out[-1][1]:
+            out.append((a, b))
+    return out
+
+
+def _rendering(messages, tokenizer: ChatTokenizer, add_generation_prompt: bool, kwargs: dict, trusted: bool):
+    """(text, escaped spans, generation spans) of a conversation.
+
+    The markers are invisible to `in` tests but not to `startswith`/`==`/`length` on content (Qwen3 tests
+    `content.startswith('<tool_response>')`). When the marked rendering differs from the trusted one, the
+    trusted text is used and the control strings of each untrusted value found verbatim in it are escaped;
+    if a value was rewritten by the template, the marked rendering stands (safety first).
+    """
+    pattern = _control_pattern(tokenizer, trusted)
+    kw = {k: _escape(v, pattern) for k, v in kwargs.items()}
+    text, escaped, gen = _unmark(_render_marked(_prepare(messages, pattern), tokenizer, add_generation_prompt, kw))
+    if pattern is None or not escaped:
+        return text, escaped, gen
+    plain, _, plain_gen = _unmark(_render_marked(_prepare(messages, None), tokenizer, add_generation_prompt,
+                                                 {k: _escape(v, None) for k, v in kwargs.items()}))
+    if plain == text:
+        return text, escaped, gen
+    located = _locate(plain, [s for v in (messages, list(kwargs.values())) for s in _strings(v)], pattern)
+    return (text, escaped, gen) if located is None else (plain, located, plain_gen)
 
 
 def render_text(messages: list[dict[str, Any]], tokenizer: ChatTokenizer, add_generation_prompt: bool = False,
                 template_kwargs: dict | None = None) -> str:
     """The exact string the checkpoint's chat template renders for `messages`."""
     validate_messages(messages)
-    marked = _render_marked(_prepare(messages, tokenizer, True), tokenizer, add_generation_prompt, template_kwargs or {})
-    return _unmark(marked)[0]
+    return _rendering(messages, tokenizer, add_generation_prompt, template_kwargs or {}, True)[0]
 
 
 def _encode(text: str, escaped: list[tuple[int, int]], tokenizer: ChatTokenizer):
@@ -257,17 +344,30 @@ def assistant_spans(messages: list[dict[str, Any]], tokenizer: ChatTokenizer, fu
                     template_kwargs: dict | None = None) -> list[tuple[int, int]]:
     """Character spans of the assistant turns in `full` by the prefix rule (module docstring)."""
     kw = template_kwargs or {}
-    msgs = _prepare(messages, tokenizer, True)
     spans, skipped = [], 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        upto = _unmark(_render_marked(msgs[: i + 1], tokenizer, False, kw))[0]
+        upto = _rendering(messages[: i + 1], tokenizer, False, kw, True)[0]
         if not full.startswith(upto):
             skipped += 1
             continue
-        prompt = _unmark(_render_marked(msgs[:i], tokenizer, True, kw))[0] if i else ""
+        try:  # the generation prompt for this turn; a template may refuse an empty conversation
+            prompt = _rendering(messages[:i], tokenizer, True, kw, True)[0]
+        except ValueError:
+            prompt = ""
         start, end = _common_prefix(prompt, upto), len(upto.rstrip())
+        # A template that moves text between turns (Mistral's puts the system prompt into the last user
+        # turn) can share only a short prefix with the generation prompt; the span must then not take in
+        # the other turns' text: fall back to the answer's own text, or leave the turn untrained.
+        others = [o["content"] for o in messages[:i] if o["role"] != "assistant" and o.get("content")]
+        if any(c in upto[start:end] for c in others):
+            content = (m.get("content") or "").strip()
+            j = upto.rfind(content, start) if content else -1
+            if j < 0:
+                skipped += 1
+                continue
+            start = j
         if start < end:
             spans.append((start, end))
     if skipped:
@@ -285,8 +385,7 @@ def render(
     """
     validate_messages(messages)
     kw = template_kwargs or {}
-    marked = _render_marked(_prepare(messages, tokenizer, allow_control_tokens), tokenizer, add_generation_prompt, kw)
-    text, escaped, gen = _unmark(marked)
+    text, escaped, gen = _rendering(messages, tokenizer, add_generation_prompt, kw, allow_control_tokens)
     ids, offsets = _encode(text, escaped, tokenizer)
     mask = [0] * len(ids)
     if gen:  # transformers' rule: from the token holding the first character to the one holding the last
@@ -299,9 +398,8 @@ def render(
                 for t in range(first, (last if last is not None else len(ids) - 1) + 1):
                     mask[t] = 1
     elif any(m["role"] == "assistant" for m in messages):
-        for a, b in assistant_spans(messages, tokenizer, text if not add_generation_prompt else
-                                    _unmark(_render_marked(_prepare(messages, tokenizer, True), tokenizer,
-                                                           False, kw))[0], kw):
+        full = _rendering(messages, tokenizer, False, kw, True)[0] if add_generation_prompt else text
+        for a, b in assistant_spans(messages, tokenizer, full, kw):
             for t, (s, e) in enumerate(offsets):
                 if s >= a and e <= b and e > s:
                     mask[t] = 1

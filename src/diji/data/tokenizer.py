@@ -200,10 +200,18 @@ class Tokenizer:
         tk = _hf()
         try:
             self._tok = tk.Tokenizer.from_str(raw.decode("utf-8"))
-            # A twin that treats special-token strings as text (HF's `encode_special_tokens`), for untrusted
-            # text; two objects rather than toggling one, so concurrent encoders never race on the flag.
+            # Twins for untrusted text; separate objects rather than toggling one flag, so concurrent
+            # encoders never race. `_plain` encodes special tokens' strings as text (HF's
+            # `encode_special_tokens`) and keeps ordinary added tokens (Qwen3's <think> is a word of its
+            # vocabulary). `_text` encodes *every* added token's string as text: the renderer uses it for the
+            # control strings it escaped, which include non-special added tokens a template uses (<tool_call>).
             self._plain = tk.Tokenizer.from_str(raw.decode("utf-8"))
             self._plain.encode_special_tokens = True
+            spec = json.loads(raw.decode("utf-8"))
+            for added in spec.get("added_tokens") or []:
+                added["special"] = True
+            self._text = tk.Tokenizer.from_str(json.dumps(spec))
+            self._text.encode_special_tokens = True
         except Exception as e:  # tokenizers raises plain Exception subclasses with multi-line text
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DijiError(f"{source} is not a valid tokenizer.json: {first}") from None
@@ -285,7 +293,7 @@ class Tokenizer:
         """Every id that ends a generated reply: the EOS ids plus the template's end-of-turn token."""
 
         bos = self._id_of(names.get("bos_token"))
-        if bos is None:
+        if bos is None and not ("bos_token" in tc and tc["bos_token"] is None):  # null there means "none"
             bos = next((i for src in (gen, cfg) for i in _ids(src.get("bos_token_id"))), None)
         self.bos_id: int | None = bos
         pad = self._id_of(names.get("pad_token"))
@@ -313,6 +321,16 @@ class Tokenizer:
             return None, "HF tokenizers (not a GPT-2-style byte-level BPE; tiktoken would differ)"
         if len(self._special_ids) != len(self._added):
             return None, "HF tokenizers (added tokens that are not special)"
+        # tiktoken merges by the rank (id) of the merged token, HF by the merge rule's position: they agree
+        # only when ids grow along the merge list, which a greedily trained BPE gives but another may not.
+        vocab = model.get("vocab") or {}
+        last = -1
+        for rule in model.get("merges") or []:
+            left, right = rule.split(" ", 1) if isinstance(rule, str) else rule
+            merged = vocab.get(left + right)
+            if merged is None or merged <= last:
+                return None, "HF tokenizers (token ids are not in merge order; tiktoken would merge differently)"
+            last = merged
         dec = _byte_decoder()
         specials = {s: i for s, i in self._added.items()}
         ranks: dict[bytes, int] = {}
@@ -332,9 +350,8 @@ class Tokenizer:
             )
         except Exception as e:  # tiktoken validates ranks; any complaint means "do not use it"
             return None, f"HF tokenizers (tiktoken refused the vocabulary: {e})"
-        # tiktoken merges by the rank of the merged token, HF by the rank of the merge rule; for BPE
-        # trained greedily these agree, but we check instead of assuming. The probes include every
-        # vocabulary token spelled out, which exercises each merge path at least once.
+        # Besides the merge-order check, probes compare the two: every vocabulary token spelled out
+        # exercises each merge path at least once.
         regular = [i for i in range(self.vocab_size) if i not in self._special_ids]
         vocab_text = self.decode(regular)
         probes = list(_PROBES) + [vocab_text[i : i + 2000] for i in range(0, len(vocab_text), 2000)]
@@ -360,8 +377,9 @@ class Tokenizer:
         return [self.bos_id, *ids] if self.add_bos and self.bos_id is not None else ids
 
     def encode_with_offsets(self, text: str, allow_special: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids and the (start, end) character span of each token in `text` (always the HF reference path)."""
-        enc = (self._tok if allow_special else self._plain).encode(text, add_special_tokens=False)
+        """Ids and the (start, end) character span of each token in `text` (always the HF reference path).
+        Without `allow_special`, every added token's string is text (the renderer's escaped control strings)."""
+        enc = (self._tok if allow_special else self._text).encode(text, add_special_tokens=False)
         return enc.ids, [tuple(o) for o in enc.offsets]
 
     def encode_batch(self, texts: list[str], num_threads: int = 2, allow_special: bool = False) -> list[list[int]]:

@@ -235,6 +235,9 @@ def verify_checkpoint(ckpt: str | Path, include_train_state: bool = False) -> di
         if name not in files and (name in REQUIRED or name in present):
             raise DijiError(f"checkpoint {ckpt}: {name} is not listed in lineage.json, so it cannot be verified; "
                             "the checkpoint was altered — use an earlier checkpoint or re-create this one")
+    if lineage.get("lora") is not None and not isinstance(lineage["lora"], dict):
+        raise DijiError(f"checkpoint {ckpt}: lineage.json's 'lora' entry is not a LoRA config object; the checkpoint "
+                        "was altered — use an earlier checkpoint or re-create this one")
     if files.get(WEIGHTS) != lineage.get("weights_sha256"):
         raise DijiError(f"checkpoint {ckpt}: lineage.json's weights_sha256 does not match its files table; "
                         "the checkpoint was altered — use an earlier checkpoint")
