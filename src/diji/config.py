@@ -135,6 +135,18 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables → {"section.key": value}; None values are dropped (TOML cannot hold them, so a
+    None key and an absent key are the same setting) and an empty table counts as absent."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        elif v is not None and v != {}:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def parse_value(text: str, tp: Any = None) -> Any:
     """The right-hand side of `--set key=value`, read for a field of type `tp`.
 

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from diji.config import flatten
 from diji.errors import DijiError
 from diji.observe.metrics import MetricsLog
 
@@ -94,7 +95,7 @@ class MLflowLogger:
         id_file.write_text(self.run_id + "\n")
         from mlflow.entities import Param
 
-        flat = _flatten(config)
+        flat = flatten(config)
         params = [Param(k, json.dumps(v, ensure_ascii=False)[:6000]) for k, v in flat.items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self._client.log_batch(self.run_id, params=params[i : i + 100])
@@ -111,16 +112,6 @@ class MLflowLogger:
 
     def close(self) -> None:
         self._client.set_terminated(self.run_id)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class Loggers:

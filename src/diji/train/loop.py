@@ -31,7 +31,7 @@ from diji.compute import distributed as dist
 from diji.compute.device import autocast, select_device
 from diji.compute.fallback import FALLBACKS
 from diji.compute.perf import matmul_peak_flops
-from diji.config import dumps_toml, read_toml
+from diji.config import dumps_toml, flatten, read_toml
 from diji.errors import DijiError
 from diji.io import atomic_write_text, sha256_file
 from diji.observe.loggers import open_loggers
@@ -128,19 +128,9 @@ RUN_ARTIFACTS = ("metrics.jsonl", "checkpoints", "latest", "config.toml", "repor
                  "mlflow_run_id")
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif v is not None:  # None is not written to TOML: absent and None are the same setting
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, except RESUMABLE_CHANGES."""
-    a, b = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(current)))
+    a, b = flatten(json.loads(json.dumps(saved))), flatten(json.loads(json.dumps(current)))
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
 
 
