@@ -27,15 +27,36 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parent_lineage(parent: object, child: Path | None) -> dict | None:
+    """The parent's lineage.json as a dict; None when the parent is not on this disk (an imported or moved
+    checkpoint: the chain just ends). lineage.json cannot hash itself, so a hand-edited one is checked."""
+    if not isinstance(parent, str):
+        raise DijiError(f"lineage.json of {child or 'a parent'}: 'parent' must be a checkpoint path, "
+                        f"got {type(parent).__name__}")
+    path = Path(parent, "lineage.json")
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DijiError(f"{path} is not valid JSON; the chain cannot be followed past it") from None
+    if not isinstance(data, dict):
+        raise DijiError(f"{path} holds a {type(data).__name__}, not a lineage object")
+    return data
+
+
 def _lineage(args: argparse.Namespace) -> int:
     from diji.train.checkpoint import verify_checkpoint
 
     lineage = verify_checkpoint(args.checkpoint)
     chain = [lineage]
     parent = lineage.get("parent")
-    while parent and Path(parent, "lineage.json").is_file() and len(chain) < 32:
-        chain.append(json.loads(Path(parent, "lineage.json").read_text()))
-        parent = chain[-1].get("parent")
+    while parent is not None and len(chain) < 32:  # the cap stops a lineage that loops back on itself
+        parent = _parent_lineage(parent, Path(args.checkpoint) if len(chain) == 1 else None)
+        if parent is None:
+            break
+        chain.append(parent)
+        parent = parent.get("parent")
     for depth, item in enumerate(chain):
         print(f"{'  ' * depth}{item.get('stage', '?')} step {item.get('step')} weights {item.get('weights_sha256', '')[:12]} "
               f"data {str(item.get('data_manifest_sha256') or '-')[:12]} metrics {json.dumps(item.get('metrics', {}))}")
