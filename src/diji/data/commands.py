@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_prepare)
 
     r = dsub.add_parser("report", help="human-readable summary of a data directory (markdown)")
-    r.add_argument("dir", metavar="DIR")
+    r.add_argument("dir", metavar="DIR", help="a data directory written by `diji data prepare`")
     r.add_argument("--verify", action="store_true", help="also check every shard's sha256")
     r.set_defaults(func=_report)
 
@@ -48,17 +48,22 @@ def register(sub: Any) -> None:
         "--teacher (an OpenAI-compatible URL or a checkpoint directory), keep the verified ones with their "
         "<think> trace, and append them to --out as messages JSONL for `diji train sft`. Rerun the same command "
         "to resume after an interruption (no prompt is lost or repeated).")
-    d.add_argument("--teacher", required=True, metavar="URL|CKPT")
-    d.add_argument("--prompts", required=True, metavar="FILE")
-    d.add_argument("--out", required=True, metavar="FILE")
+    d.add_argument("--teacher", required=True, metavar="URL|CKPT",
+                   help="an OpenAI-compatible base URL (diji serve, vLLM, …) or a local checkpoint directory")
+    d.add_argument("--prompts", required=True, metavar="FILE",
+                   help="JSONL problems with reference answers (question/answer with '#### n', problem/solution with \\boxed{})")
+    d.add_argument("--out", required=True, metavar="FILE",
+                   help="messages JSONL for `diji train sft`; an existing file is resumed (ledger: FILE.done.jsonl)")
     d.add_argument("--samples", type=int, default=4, metavar="K", help="replies sampled per prompt (default 4)")
-    d.add_argument("--verifier", default="math", metavar="math|MODULE:FUNCTION")
+    d.add_argument("--verifier", default="math", metavar="math|MODULE:FUNCTION",
+                   help="which replies to keep: math (final answer equals the reference) or a plug-in "
+                        "reward(completion, reference) -> float, kept at >= 1")
     d.add_argument("--keep", type=int, default=0, metavar="N", help="verified replies kept per prompt; 0 = all")
     d.add_argument("--require-think", action="store_true", help="keep only replies with a <think> trace")
-    d.add_argument("--max-tokens", type=int, default=1024)
-    d.add_argument("--temperature", type=float, default=0.7)
-    d.add_argument("--top-p", type=float, default=1.0)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--max-tokens", type=int, default=1024, help="generation budget per reply")
+    d.add_argument("--temperature", type=float, default=0.7, help="teacher sampling temperature")
+    d.add_argument("--top-p", type=float, default=1.0, help="teacher nucleus sampling (1 = off)")
+    d.add_argument("--seed", type=int, default=0, help="base of the per-prompt seed sent with every request")
     d.add_argument("--model", default="", help="model name for the endpoint (default: the first it lists)")
     d.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                    help="environment variable with the endpoint's API key")
@@ -73,8 +78,8 @@ def register(sub: Any) -> None:
     tsub = tok.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
     t = tsub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
     t.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, directories or globs")
-    t.add_argument("--vocab-size", type=int, required=True, metavar="N")
-    t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument("--vocab-size", type=int, required=True, metavar="N", help="tokens in the vocabulary")
+    t.add_argument("--out", required=True, metavar="DIR", help="directory to write tokenizer.json into")
     t.add_argument("--text-field", default="text", metavar="NAME", help="JSONL field / parquet column")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_tokenizer_train)

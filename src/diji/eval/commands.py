@@ -63,14 +63,15 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=0, help="only the first N items (windows for ppl); 0 = all")
     p.add_argument("--num-fewshot", type=int, default=0, help="solved examples before each question (mc, math)")
     p.add_argument("--output", help="write the full results (with per-item samples) to this JSON file")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--mode", default="auto", choices=("auto", "chat", "completion"),
                    help="math prompting; auto = chat for sft/grpo checkpoints, completion otherwise")
     p.add_argument("--samples", type=int, default=1, help="completions per math item (k for maj@k / pass@k)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; needed > 0 with --samples > 1")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling for generation (1 = off)")
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="generation budget per completion (use grpo.max_new_tokens to reproduce GRPO's val_accuracy)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed; item i draws from (seed, i)")
     p.add_argument("--verifier", default="", metavar="math|MODULE:FUNCTION",
                    help="grader of math:FILE tasks: the built-in final-answer check (math, default) or a plug-in "
                         "reward(completion, reference) -> float, as module:function or path/file.py:function; "
@@ -79,9 +80,9 @@ def register(sub) -> None:
     p.add_argument("--decontaminate", metavar="DATA_DIR",
                    help="also report which task items share a long n-gram with DATA_DIR's train split")
     p.add_argument("--ngram", type=int, default=13, help="n-gram length (tokens) for --decontaminate")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="device to evaluate on (auto = the fastest available)")
     p.add_argument("--no-record", action="store_true", help="do not append the scores to lineage.json")
     p.add_argument("--no-samples", action="store_true", help="leave per-item samples out of --output")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="also print the summary JSON on stdout")
     p.set_defaults(func=_eval)
