@@ -65,10 +65,10 @@ def test_generate_from_a_trained_checkpoint(data_dir, tmp_path):
     from testkit import tiny_overrides
 
     result = pretrain(load_config(PretrainConfig, None, tiny_overrides(data_dir, tmp_path, steps=20)))
-    out = diji("generate", result["checkpoint"], "--prompt", "the model", "--max-new-tokens", "8")
+    out = diji("generate", result["checkpoint"], "--prompt", "the model", "--max-new-tokens", "8", "--temperature", "0")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("the model") and len(out.stdout.strip()) > len("the model")
-    again = diji("generate", result["checkpoint"], "--prompt", "the model", "--max-new-tokens", "8")
+    again = diji("generate", result["checkpoint"], "--prompt", "the model", "--max-new-tokens", "8", "--temperature", "0")
     assert again.stdout == out.stdout  # greedy is deterministic
     sampled = diji("generate", result["checkpoint"], "--prompt", "the", "--temperature", "1.0", "--seed", "3", "--max-new-tokens", "8")
     assert sampled.returncode == 0

@@ -1,7 +1,7 @@
 """Imports point one way (STYLE.md rule 11) and `import diji` needs no optional package (rule 6).
 
 Layers: compute, kernels (0) ← model (1) ← data, train, eval, serve, safety, observe (2) ← the command
-line (cli.py, quickstart.py, every */commands.py). Shared utilities (errors, io, config) sit below all.
+line (cli.py, quickstart.py, every */commands.py). Shared utilities (errors, io, config, options) sit below all.
 Every import counts, also the lazy ones inside functions: a lazy import still points a direction.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "diji"
-BASE = {"errors", "io", "config", "__init__"}
+BASE = {"errors", "io", "config", "options", "__init__"}
 LAYER = {"compute": 0, "kernels": 0, "model": 1, "data": 2, "train": 2, "eval": 2, "serve": 2, "safety": 2,
          "observe": 2}
 CLI = 3

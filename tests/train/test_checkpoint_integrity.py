@@ -370,9 +370,6 @@ def test_lineage_lora_with_bad_values_is_refused_in_one_line(base, tmp_path, lor
     one_error_line(rc, capsys.readouterr().err)
 
 
-@pytest.mark.xfail(strict=True, reason="observe/commands.py _lineage (lines 35-38) follows `parent` with "
-                   "json.loads and .get unchecked: a parent lineage.json that is `[]` or not JSON, or a "
-                   "non-string parent, gives 'internal error' instead of one line")
 @pytest.mark.parametrize("damage", ["list", "not-json", "number"])
 def test_lineage_command_with_a_tampered_parent(base, tmp_path, damage, capsys):
     parent = tampered(base, tmp_path, lambda c: None)

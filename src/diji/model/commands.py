@@ -20,10 +20,12 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from diji.errors import DijiError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `diji --help` should not pay for it
+    import torch
 
 EXPORT_SKIP = ("lineage.json", "train_state.pt", "adapter_config.json", "adapter_model.safetensors")
 
@@ -39,6 +41,7 @@ def _read_json(path: Path) -> dict:
 
 def read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
     """All tensors of an HF directory: single or sharded safetensors, else pytorch_model.bin (weights only)."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -67,6 +70,8 @@ def read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
 
 def import_hf(src: str | Path, out: str | Path):
     """Convert a transformers checkpoint directory into a diji checkpoint at `out`; returns the path."""
+    import torch
+
     from diji.config import to_dict
     from diji.io import sha256_file
     from diji.model.hf import from_hf_config, state_from_hf
@@ -166,11 +171,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("import-hf", help="convert a Hugging Face checkpoint (llama, mistral, qwen2, deepseek_v3)")
+    p = sub.add_parser("import-hf", help="convert a Hugging Face checkpoint (Llama 3.x, Mistral, Qwen2/3, Qwen3-MoE, "
+                                         "DeepSeek-V2/V3) with its own tokenizer and chat template")
     p.add_argument("dir", help="a transformers model directory (config.json, weights, tokenizer.json)")
     p.add_argument("--out", required=True, help="the diji checkpoint directory to write")
     p.set_defaults(func=_import)
     p = sub.add_parser("export-hf", help="write a diji checkpoint as a Hugging Face model directory")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a diji checkpoint directory (a LoRA adapter checkpoint is merged first)")
     p.add_argument("--out", required=True, help="the directory to write (loadable by AutoModelForCausalLM)")
     p.set_defaults(func=_export)

@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 from typing import Any, TextIO
 
+from diji.config import DEFAULT_TEMPERATURE
 from diji.errors import DijiError
 from diji.options import DTYPE_CHOICES, DTYPE_HELP
 
@@ -107,7 +108,8 @@ def register(sub) -> None:
     p = sub.add_parser("chat", help="chat with a checkpoint in the terminal (reasoning shown dimmed)")
     p.add_argument("checkpoint", help="a checkpoint directory (plain or LoRA adapter)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per reply (default: 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"sampling temperature; 0 = greedy (default: {DEFAULT_TEMPERATURE}, as the API and chat page)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default: 1.0)")
     p.add_argument("--system", default="", help="a system message put before the conversation (default: none)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from diji.config import DEFAULT_TEMPERATURE
 from diji.errors import DijiError
 from diji.options import DTYPE_CHOICES, DTYPE_HELP
 
@@ -78,7 +79,8 @@ def register(sub) -> None:
     p.add_argument("checkpoint", help="a checkpoint directory (plain or LoRA adapter)")
     p.add_argument("--prompt", required=True, help="the text to continue (BOS is added where the tokenizer adds it)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate (default: 64)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"sampling temperature; 0 = greedy (default: {DEFAULT_TEMPERATURE}, as the API and chat page)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = off (default: 0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default: 1.0)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
@@ -87,9 +89,9 @@ def register(sub) -> None:
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a chat page at /")
-    p.add_argument("checkpoint")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("checkpoint", help="a checkpoint directory (plain or LoRA adapter)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every path but /health; repeat for one key per "
                    "client (default: the comma-separated DIJI_API_KEY environment variable, else none)")
@@ -115,5 +117,5 @@ def register(sub) -> None:
                    help="browser origin allowed to call the API (repeatable; default: none)")
     p.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json (behind the key)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for the model (0 = torch's default)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, an accelerator such as cuda:0/npu:0, or auto (default: auto)")
     p.set_defaults(func=_serve)
