@@ -123,3 +123,18 @@ def test_expand_inputs(tmp_path: Path) -> None:
         expand_inputs([tmp_path / "missing.txt"])
     with pytest.raises(DijiError, match="matches no files"):
         expand_inputs([str(tmp_path / "*.nothing")])
+
+
+def test_unknown_extensions_are_refused_not_read_as_text(tmp_path) -> None:
+    import pytest as _pytest
+
+    from diji.data.readers import expand_inputs
+    from diji.errors import DijiError
+
+    for name, want in (("a.json", "convert it to JSONL"), ("b.arrow", "convert it to JSONL"),
+                       ("c.bin", "unknown extension '.bin'")):
+        (tmp_path / name).write_text("[]")
+        with _pytest.raises(DijiError, match=want):
+            expand_inputs([tmp_path / name])
+    (tmp_path / "m.py").write_text("x = 1\n")
+    assert expand_inputs([tmp_path / "m.py"]) == [tmp_path / "m.py"]

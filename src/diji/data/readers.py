@@ -27,6 +27,10 @@ TXT_DOC_MAX_BYTES = 1 << 20
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
+# Source and markup files named explicitly are text documents too (a directory is searched only for
+# TEXT_SUFFIXES, JSONL and parquet, so pointing at a source tree does not pull in every build script).
+SOURCE_SUFFIXES = (".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".js", ".ts", ".go", ".rs", ".java", ".sh", ".rst",
+                   ".tex", ".toml", ".yaml", ".yml", ".html", ".css", ".sql")
 COMPRESSION_SUFFIXES = (".gz", ".zst")
 MAX_BAD_EXAMPLES = 20
 
@@ -67,7 +71,11 @@ class ReadStats:
 
 
 def file_kind(path: Path) -> tuple[str, str]:
-    """(format, compression) from the file name; format 'txt' for anything unrecognised."""
+    """(format, compression) from the file name; DijiError for an extension no reader handles.
+
+    An unknown extension is never read as text: a `.json` array or an `.arrow` table read as one text
+    document would go into the shards as JSON syntax or binary, silently.
+    """
     suffixes = [s.lower() for s in path.suffixes]
     comp = ""
     if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
@@ -77,7 +85,13 @@ def file_kind(path: Path) -> tuple[str, str]:
         return "jsonl", comp
     if last in PARQUET_SUFFIXES:
         return "parquet", comp
-    return "txt", comp
+    if last in TEXT_SUFFIXES + SOURCE_SUFFIXES:
+        return "txt", comp
+    if last in (".json", ".arrow"):
+        raise DijiError(f"{path}: '{last}' is not a pretraining input; convert it to JSONL (one object per line "
+                        "with a 'text' field) or parquet. (`diji train sft` reads .json and .arrow records)")
+    raise DijiError(f"{path}: unknown extension '{last or path.name}'; inputs must be .txt/.text/.md, "
+                    ".jsonl/.ndjson or .parquet (optionally .gz/.zst); rename a plain-text file to .txt")
 
 
 def _is_supported(path: Path) -> bool:
@@ -97,6 +111,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         s = str(item)
         p = Path(s).expanduser()
         if p.is_file():
+            file_kind(p)  # an unreadable extension fails now, not after an hour of curation
             out.append(p)
         elif p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.is_file() and _is_supported(q) and not _hidden(q, p))
@@ -107,6 +122,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
             found = sorted(Path(g) for g in glob.glob(os.path.expanduser(s), recursive=True) if Path(g).is_file())
             if not found:
                 raise DijiError(f"input pattern {s!r} matches no files")
+            for q in found:
+                file_kind(q)
             out.extend(found)
         else:
             raise DijiError(f"input file not found: {s}")
