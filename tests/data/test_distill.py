@@ -216,3 +216,14 @@ def test_end_to_end_against_diji_serve_with_sigkill_and_resume(served, tmp_path)
             "data.val_fraction=0.1"]
     assert main(["train", "sft", *[a for s in sets for a in ("--set", s)]]) == 0
     assert (tmp_path / "sft" / "checkpoints" / "step-000003").is_dir()
+
+
+def test_a_local_checkpoint_teacher(served, tmp_path):
+    ckpt, _ = served
+    prompts = write(tmp_path / "p.jsonl", problems(4))
+    (tmp_path / "even.py").write_text(EVEN)
+    cfg = DistillConfig(teacher=str(ckpt), prompts=str(prompts), out=str(tmp_path / "o.jsonl"), samples=3,
+                        max_tokens=12, temperature=1.0, verifier=f"{tmp_path / 'even.py'}:reward")
+    stats = distill(cfg, progress=False)
+    assert stats.processed == 4 and stats.replies == 12 and stats.kept == len(read(tmp_path / "o.jsonl"))
+    assert all(len(r["messages"][-1]["content"]) % 2 == 0 for r in read(tmp_path / "o.jsonl"))

@@ -387,7 +387,7 @@ def distill(cfg: DistillConfig, progress: bool = True, teacher: Teacher | None =
                dynamic_ncols=True)
 
     def work(pid: str, ex: Any) -> list[str]:
-        seed = (int(pid[:12], 16) + cfg.seed * 1_000_003) % 2**62
+        seed = (int(pid[:12], 16) + cfg.seed * 1_000_003) % 2**31  # small: local samplers multiply it
         return teacher.sample([dict(m) for m in ex.messages], cfg.samples, seed)
 
     def finish(pid: str, ex: Any, fut: Future) -> None:
