@@ -72,15 +72,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=1600, help="training conversations per mode")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", default="", help="an SFT file instead of the quickstart's (any diji.data.records format)")
+    ap.add_argument("--columns", nargs="*", default=[], help="column mapping for --data, e.g. prompt=question")
+    ap.add_argument("--seq-len", type=int, default=256)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    convs = task_records("arith", args.examples + 200, seed=0)
+    if args.data:
+        from diji.data.records import load_conversations
+
+        convs = load_conversations(args.data, columns=args.columns).conversations[: args.examples + 200]
+    else:
+        convs = task_records("arith", args.examples + 200, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         texts = [m["content"] for c in convs for m in c]
         tok = Tokenizer.from_file(train_tokenizer(texts, 4096, Path(tmp), show_progress=False))
     rows = [render(c, tok) for c in convs]
+    seq_len = args.seq_len
+    rows = [r for r in rows if len(r[0]) <= seq_len + 1]
     train, val = rows[200:], rows[:200]
-    seq_len = 256
     cfg = ModelConfig(vocab_size=4096, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=704, max_position_embeddings=512)
     init = Transformer(cfg)
@@ -90,7 +99,7 @@ def main() -> None:
     with torch.no_grad():
         padded0 = float(loss_of(init, pad_batch(same, 0)))
         packed0 = float(loss_of(init, next(batches(same, "packed", seq_len))))
-    out: dict[str, object] = {"bench": "sft_packing", "examples": len(train), "seq_len": seq_len,
+    out: dict[str, object] = {"bench": "sft_packing", "data": args.data or "quickstart arith", "examples": len(train), "seq_len": seq_len,
                               "mean_tokens_per_example": round(sum(len(r[0]) for r in train) / len(train), 1),
                               "init_loss_padded": round(padded0, 6), "init_loss_packed": round(packed0, 6)}
     for mode in ("padded", "packed"):
