@@ -28,7 +28,7 @@ def test_cli_evaluates_every_family_and_records_lineage(ckpt, eval_data, tmp_pat
     out = tmp_path / "results.json"
     tasks = f"mc:{mc},math:{math_file},ppl:{eval_data},arith"
     rc = main(["eval", str(ckpt), "--tasks", tasks, "--limit", "4", "--num-fewshot", "1",
-               "--max-new-tokens", "12", "--window", "64", "--output", str(out), "--no-progress"])
+               "--max-new-tokens", "12", "--window", "64", "--out", str(out), "--quiet"])
     assert rc == 0
     printed = capsys.readouterr().out
     for name in (f"mc:{mc}", f"math:{math_file}", f"ppl:{eval_data}", "arith", "bits_per_byte ↓", "acc_norm"):

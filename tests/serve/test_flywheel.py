@@ -56,7 +56,7 @@ def test_data_flywheel_command(tmp_path):
     chat(log, "a", "1+1?", "2")
     log.feedback("a", 1, "", "k")
     log.close()
-    run = [sys.executable, "-m", "diji", "data", "flywheel", "--from", str(tmp_path / "audit"), "--out"]
+    run = [sys.executable, "-m", "diji", "data", "flywheel", "--input", str(tmp_path / "audit"), "--out"]
     done = subprocess.run([*run, str(tmp_path / "sft.jsonl")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["exported"] == 1

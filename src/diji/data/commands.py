@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from diji.cli import hidden_alias
+
 
 def register(sub: Any) -> None:
     """Add the `data` and `tokenizer` command groups to the top-level sub-parsers."""
@@ -36,8 +38,9 @@ def register(sub: Any) -> None:
     r.set_defaults(func=_report)
 
     f = dsub.add_parser("flywheel", help="export well-rated served conversations as SFT data (JSONL)")
-    f.add_argument("--from", dest="audit_dir", required=True, metavar="AUDIT_DIR",
-                   help="the server's audit directory (see `diji serve --policy`)")
+    f.add_argument("--input", dest="audit_dir", default=None, metavar="AUDIT_DIR",
+                   help="the server's audit directory (see `diji serve --policy`); required")
+    hidden_alias(f, "--from", "audit_dir")
     f.add_argument("--out", required=True, metavar="FILE", help="output JSONL for `diji train sft`")
     f.add_argument("--min-rating", type=int, default=1, help="keep responses rated at least this (default 1)")
     f.set_defaults(func=_flywheel)
@@ -88,8 +91,11 @@ def register(sub: Any) -> None:
 def _flywheel(args: argparse.Namespace) -> int:
     import json
 
+    from diji.errors import DijiError
     from diji.serve.flywheel import export_flywheel
 
+    if not args.audit_dir:
+        raise DijiError("data flywheel needs --input AUDIT_DIR (the server's audit directory)")
     stats = export_flywheel(args.audit_dir, args.out, min_rating=args.min_rating)
     print(json.dumps(stats.as_dict()))
     return 0

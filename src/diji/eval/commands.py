@@ -1,4 +1,4 @@
-"""CLI: `diji eval CKPT[,CKPT...] --tasks NAME[,NAME] [--limit N] [--num-fewshot K] [--output results.json]`."""
+"""CLI: `diji eval CKPT[,CKPT...] --tasks NAME[,NAME] [--limit N] [--num-fewshot K] [--out results.json]`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from diji.cli import hidden_alias
 from diji.errors import DijiError
+from diji.options import DTYPE_CHOICES, DTYPE_HELP
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -41,7 +43,8 @@ def _eval(args: argparse.Namespace) -> int:
     for c in checkpoints:
         if not Path(c).is_dir():
             raise DijiError(f"checkpoint not found: {c}")
-    report = evaluate(checkpoints, args.tasks, settings, device=args.device, progress=None if not args.no_progress
+    report = evaluate(checkpoints, args.tasks, settings, device=args.device, dtype=args.dtype,
+                      progress=None if not args.no_progress
                       else False, record=not args.no_record, decontaminate=args.decontaminate, ngram=args.ngram)
     print(report.table())
     if args.output:
@@ -62,7 +65,8 @@ def register(sub) -> None:
     p.add_argument("--tasks", required=True, help="comma-separated task specs, e.g. mc:q.jsonl,math:gsm.jsonl,arith")
     p.add_argument("--limit", type=int, default=0, help="only the first N items (windows for ppl); 0 = all")
     p.add_argument("--num-fewshot", type=int, default=0, help="solved examples before each question (mc, math)")
-    p.add_argument("--output", help="write the full results (with per-item samples) to this JSON file")
+    p.add_argument("--out", dest="output", help="write the full results (with per-item samples) to this JSON file")
+    hidden_alias(p, "--output", "output")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--mode", default="auto", choices=("auto", "chat", "completion"),
                    help="math prompting; auto = chat for sft/grpo checkpoints, completion otherwise")
@@ -81,8 +85,10 @@ def register(sub) -> None:
                    help="also report which task items share a long n-gram with DATA_DIR's train split")
     p.add_argument("--ngram", type=int, default=13, help="n-gram length (tokens) for --decontaminate")
     p.add_argument("--device", default="auto", help="device to evaluate on (auto = the fastest available)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     p.add_argument("--no-record", action="store_true", help="do not append the scores to lineage.json")
     p.add_argument("--no-samples", action="store_true", help="leave per-item samples out of --output")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", dest="no_progress", action="store_true", help="no progress bars")
+    hidden_alias(p, "--no-progress", "no_progress", action="store_true")
     p.add_argument("--json", action="store_true", help="also print the summary JSON on stdout")
     p.set_defaults(func=_eval)

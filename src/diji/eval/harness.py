@@ -323,6 +323,7 @@ def evaluate(
     device: str = "auto",
     progress: bool | None = None,
     record: bool = True,
+    dtype: str = "auto",
     decontaminate: str | Path | None = None,
     ngram: int = 13,
     log: Callable[[str], None] | None = None,
@@ -346,7 +347,7 @@ def evaluate(
                 report.decontamination[s.name] = contamination(task_texts(s, settings), decontaminate, ngram)
     bar = progress_bar(progress)
     for ck in checkpoints:
-        lm = LanguageModel.from_checkpoint(ck, device=device, batch_size=settings.batch_size)
+        lm = LanguageModel.from_checkpoint(ck, device=device, batch_size=settings.batch_size, dtype=dtype)
         entry = CheckpointResults(str(ck), lm.lineage.get("weights_sha256", ""))
         for s in specs:
             t0 = time.perf_counter()

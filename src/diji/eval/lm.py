@@ -57,12 +57,12 @@ class LanguageModel:
         """The checkpoint's verified lineage.json at load time."""
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", batch_size: int = 16) -> LanguageModel:
-        """Load (and verify) a checkpoint; `device` goes through the one device policy in `compute`."""
-        from diji.compute.device import select_device
-        from diji.train.checkpoint import load_checkpoint
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", batch_size: int = 16,
+                        dtype: str = "auto") -> LanguageModel:
+        """Load (and verify) a checkpoint; `device` and `dtype` go through the one policy in `compute`."""
+        from diji.train.checkpoint import load_for_inference
 
-        loaded = load_checkpoint(path, device=select_device(device).device)
+        loaded = load_for_inference(path, device, dtype)
         tok = Tokenizer.from_file(loaded.tokenizer_file)
         lm = cls(loaded.model, tok, batch_size=batch_size, name=str(path))
         lm.lineage = loaded.lineage
