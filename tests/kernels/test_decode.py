@@ -1,5 +1,6 @@
 """The packed decode fast path agrees with the reference decode (the model's own forward)."""
 
+import pytest
 import torch
 
 from diji.kernels.registry import REGISTRY
@@ -78,3 +79,20 @@ def test_generate_sees_weights_a_fused_optimizer_changed_in_place():
         after = generate(m, prompt, params)[0].tokens
     with REGISTRY.forced({"decode": "reference"}):
         assert generate(m, prompt, params)[0].tokens == after
+
+
+def test_small_decode_steps_run_on_one_thread_and_the_env_forces_it(monkeypatch):
+    from diji.errors import DijiError
+    from diji.model.generate import DECODE_THREADS_ENV, decode_threads
+
+    m = tiny()
+    assert decode_threads(m, 16) == 1
+    monkeypatch.setenv(DECODE_THREADS_ENV, "3")
+    assert decode_threads(m, 1) == 3
+    monkeypatch.setenv(DECODE_THREADS_ENV, "many")
+    with pytest.raises(DijiError, match=DECODE_THREADS_ENV):
+        decode_threads(m, 1)
+    monkeypatch.delenv(DECODE_THREADS_ENV)
+    before = torch.get_num_threads()
+    generate(m, [[1, 2, 3]], SamplingParams(max_new_tokens=3))
+    assert torch.get_num_threads() == before  # restored after the decode loop

@@ -7,12 +7,15 @@ position ids keep RoPE positions counting from each prompt's own first token.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import weakref
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from diji.errors import DijiError
 from diji.kernels import reference
 from diji.kernels.registry import REGISTRY
 from diji.model.transformer import MLP, Attention, KVCache, Transformer
@@ -221,6 +224,41 @@ def decode_step(model: Transformer, tok: torch.Tensor, cache: KVCache, positions
     return REGISTRY.run("decode", tok.device.type, dtype, None, model, tok, cache, positions, attention_mask)
 
 
+DECODE_THREADS_ENV = "DIJI_DECODE_THREADS"
+SMALL_STEP_MACS = 256 * 1024 * 1024
+"""Decode steps with fewer multiply-adds than this run on one thread (see `decode_threads`)."""
+
+
+def decode_threads(model: Transformer, batch: int) -> int:
+    """Threads for the decode loop: 1 for small steps, else the process setting; DIJI_DECODE_THREADS forces it.
+
+    A decode step is ~10 ops per layer on (B, C) rows: each is microseconds of work, so an intra-op thread
+    pool's fork/join per op costs more than it saves, and on a shared CPU a descheduled worker stalls
+    every op. Measured here (docs/LOG.md 2026-12-03, quickstart size, load ~4 on 2 cores): 2 threads
+    decode 8x slower at batch 1 and 5x slower at batch 16 than 1 thread. Prefill keeps every thread."""
+    forced = os.environ.get(DECODE_THREADS_ENV)
+    if forced:
+        try:
+            return max(1, int(forced))
+        except ValueError:
+            raise DijiError(f"{DECODE_THREADS_ENV} must be a positive integer, got '{forced}'") from None
+    cfg = model.config
+    macs = batch * (cfg.num_params(include_embedding=False, active=True) + cfg.vocab_size * cfg.hidden_size)
+    return 1 if macs < SMALL_STEP_MACS else torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    saved = torch.get_num_threads()
+    if n != saved:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != saved:
+            torch.set_num_threads(saved)
+
+
 @dataclass
 class Generation:
     tokens: list[int]
@@ -292,6 +330,20 @@ def generate(
     stop = torch.tensor(sorted(set(params.stop_ids)) or [-1], device=device)
     out = torch.empty((B, params.max_new_tokens), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    with _threads(decode_threads(model, B)):
+        n = _decode_loop(model, params, logits, cache, out, done, stop, generator, pad_id, attn, P,
+                         next_pos if ragged else None)
+    results = []
+    stops = set(params.stop_ids)
+    for row in out[:, :n].tolist():
+        cut = next((j for j, t in enumerate(row) if t in stops), None)
+        results.append(Generation(row[:cut], "stop", row[cut]) if cut is not None else Generation(row, "length"))
+    return results
+
+
+def _decode_loop(model, params, logits, cache, out, done, stop, generator, pad_id, attn, P, next_pos) -> int:
+    """Sample, then decode one token per row, until every row stopped or max_new_tokens; returns the steps."""
+    ragged = next_pos is not None
     n = 0
     for step in range(params.max_new_tokens):
         tok = sample(logits, params.temperature, params.top_k, params.top_p, generator)
@@ -307,10 +359,4 @@ def generate(
             next_pos = next_pos + 1
         else:
             logits = decode_step(model, tok[:, None], cache)
-
-    results = []
-    stops = set(params.stop_ids)
-    for row in out[:, :n].tolist():
-        cut = next((j for j, t in enumerate(row) if t in stops), None)
-        results.append(Generation(row[:cut], "stop", row[cut]) if cut is not None else Generation(row, "length"))
-    return results
+    return n
