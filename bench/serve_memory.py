@@ -1,0 +1,86 @@
+"""Peak RSS of loading a checkpoint and generating from it: a float32 vs a bfloat16 copy of the same model.
+
+Each side runs in its own subprocess (peak RSS is per process and never goes down), loading with
+`load_checkpoint(dtype=...)` as `diji serve --dtype` does and generating --new tokens at batch 1.
+Reports the whole-process peak and the peak above the process's RSS after `import torch, diji` (the
+runtime's own ~300 MB, the same for both). Also says whether this CPU computes bf16 fast
+(compute.device.fast_low_precision): without AVX512-BF16/AMX, bf16 saves memory but decodes slower, so
+serving defaults to float32 there. Prints one JSON line {"rss_ratio", "rss_above_runtime_ratio", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+CHILD = r"""
+import json, resource, sys, time
+import torch
+from diji.model.generate import SamplingParams, generate
+from diji.train.checkpoint import load_checkpoint
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ckpt, dtype, new = sys.argv[1], getattr(torch, sys.argv[2]), int(sys.argv[3])
+t0 = time.perf_counter()
+model = load_checkpoint(ckpt, dtype=dtype).model.eval()
+load_s = time.perf_counter() - t0
+t0 = time.perf_counter()
+generate(model, [[5, 6, 7, 8]], SamplingParams(max_new_tokens=new))
+gen_s = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_kb": peak, "runtime_kb": base, "load_s": load_s, "tok_s": new / gen_s,
+                  "param_dtype": str(next(model.parameters()).dtype)}))
+"""
+
+
+def make_checkpoints(root: Path, hidden: int, layers: int, vocab: int) -> tuple[Path, Path]:
+    from diji.data.tokenizer import train_tokenizer
+    from diji.model.transformer import ModelConfig, Transformer
+    from diji.train.checkpoint import save_checkpoint
+
+    train_tokenizer(iter(["a tiny corpus for a tokenizer", "only the ids matter here"] * 50), 300, root,
+                    show_progress=False)
+    cfg = ModelConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
+                      num_key_value_heads=4, intermediate_size=hidden * 8 // 3 // 64 * 64,
+                      max_position_embeddings=256, tie_word_embeddings=False)
+    model = Transformer(cfg).eval()
+    fp32 = save_checkpoint(root / "fp32", model, root / "tokenizer.json", {"stage": "bench"})
+    bf16 = save_checkpoint(root / "bf16", model.to(torch.bfloat16), root / "tokenizer.json", {"stage": "bench"})
+    return Path(fp32), Path(bf16)
+
+
+def run(ckpt: Path, dtype: str, new: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(ckpt), dtype, str(new)], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hidden", type=int, default=768)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--new", type=int, default=16)
+    args = ap.parse_args()
+    from diji.compute.device import fast_low_precision
+
+    fast, why = fast_low_precision(torch.device("cpu"), torch.bfloat16)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, bf16 = make_checkpoints(Path(tmp), args.hidden, args.layers, args.vocab)
+        a, b = run(fp32, "float32", args.new), run(bf16, "bfloat16", args.new)
+    above = (b["peak_kb"] - b["runtime_kb"]) / max(1, a["peak_kb"] - a["runtime_kb"])
+    result = {"rss_ratio": round(b["peak_kb"] / a["peak_kb"], 3), "rss_above_runtime_ratio": round(above, 3),
+              "fp32_peak_mb": round(a["peak_kb"] / 1024, 1), "bf16_peak_mb": round(b["peak_kb"] / 1024, 1),
+              "runtime_mb": round(a["runtime_kb"] / 1024, 1), "fp32_tok_s": round(a["tok_s"], 1),
+              "bf16_tok_s": round(b["tok_s"], 1), "bf16_param_dtype": b["param_dtype"],
+              "fast_bf16": fast, "fast_bf16_why": why}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
