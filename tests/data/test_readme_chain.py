@@ -1,4 +1,5 @@
-"""The README's chain, as written (only sizes shrunk with --set): prepare → pretrain → resume → generate → lineage."""
+"""The README's chain, as written (only sizes shrunk with --set): prepare → pretrain → resume → generate →
+report → lineage → sft."""
 
 from __future__ import annotations
 
@@ -44,3 +45,9 @@ def test_readme_chain_runs_as_written(tmp_path: Path) -> None:
           cwd=tmp_path)
     _diji("report", "runs/pretrain-small", cwd=tmp_path)
     assert "data" in _diji("lineage", ckpt, cwd=tmp_path)
+    # README: diji train sft --config examples/sft.toml --set train.init_from="runs/pretrain-small/..."
+    out = _diji("train", "sft", "--config", "examples/sft.toml", "--set", f'train.init_from="{ckpt}"',
+                "--set", "data.task_examples=40", "--set", 'data.eval_task=""', "--set", "train.max_steps=2",
+                "--set", "train.batch_size=2", "--set", "train.eval_batches=1", "--set", "run.progress=false",
+                cwd=tmp_path)
+    assert "sft data: task arith" in out
