@@ -99,3 +99,12 @@ def test_column_mapping_and_clear_errors(tmp_path: Path) -> None:
         load_conversations(tmp_path / "m.jsonl", fmt="alpaca")
     with pytest.raises(DijiError, match="'field=column'"):
         load_conversations(p, columns=("question",))
+
+
+def test_sharegpt_tool_turns_render(small_tokenizer) -> None:
+    from diji.data.chat import render
+
+    rec = {"conversations": [{"from": "human", "value": "weather?"}, {"from": "function_call", "value": "get()"},
+                             {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "It is sunny."}]}
+    ids, mask = render(conversation_from_record(rec), small_tokenizer)
+    assert len(ids) == len(mask) and sum(mask) > 0
