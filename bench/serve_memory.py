@@ -3,7 +3,7 @@
 Each side runs in its own subprocess (peak RSS is per process and never goes down), loading with
 `load_checkpoint(dtype=...)` as `diji serve --dtype` does and generating --new tokens at batch 1.
 Reports the whole-process peak and the peak above the process's RSS after `import torch, diji` (the
-runtime's own ~300 MB, the same for both). Also says whether this CPU computes bf16 fast
+runtime's own resident memory, the same for both). Also says whether this CPU computes bf16 fast
 (compute.device.fast_low_precision): without AVX512-BF16/AMX, bf16 saves memory but decodes slower, so
 serving defaults to float32 there. Prints one JSON line {"rss_ratio", "rss_above_runtime_ratio", ...}.
 """
@@ -24,7 +24,10 @@ import json, resource, sys, time
 import torch
 from diji.model.generate import SamplingParams, generate
 from diji.train.checkpoint import load_checkpoint
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def rss_kb():  # the current resident set (ru_maxrss is a peak: imports' transients would hide the model)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+base = rss_kb()
 ckpt, dtype, new = sys.argv[1], getattr(torch, sys.argv[2]), int(sys.argv[3])
 t0 = time.perf_counter()
 model = load_checkpoint(ckpt, dtype=dtype).model.eval()
