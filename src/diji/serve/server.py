@@ -19,7 +19,6 @@ request is counted in /metrics and written to the audit log with the status the 
 
 import asyncio
 import base64
-import contextlib
 import hmac
 import json
 import logging
@@ -506,10 +505,12 @@ async def _collect(request, gen) -> list[_Choice] | None:
         done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-        if not work.done():
+        # Cancel until it takes: on Python < 3.12 asyncio.wait_for (inside gen) can swallow a cancellation
+        # that lands as its inner get() completes, and the generation would then run to its end.
+        while not work.done():
             work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+            await asyncio.wait({work}, timeout=0.05)
+        if work.cancelled() or work.exception() is not None:
             await gen.aclose()
     if work not in done:
         return None
