@@ -6,7 +6,8 @@ quickstart's vocabulary size) and the quickstart's model shape (4 layers, 256 wi
 from the same weights and train with the same optimizer on the same conversation order:
 - padded: batch_size=16 conversations per row-batch, padded to the batch's longest (what SFT did);
 - packed: the same 16 conversations per step, first-fit into rows of seq_len=256 tokens (several per
-  row, block-diagonal mask, positions restarting at 0) — the same trajectory, without the pad compute.
+  row, block-diagonal mask, positions restarting at 0) — the same trajectory, without the pad compute;
+- packed_tight: the same 16 again, first-fit decreasing into rows as long as their longest one.
 tokens/s counts real (non-pad) tokens per second of training (forward + backward + step). Loss per
 token is measured twice: on identical examples with the initial weights (must agree to ~1e-6: packing
 changes nothing a token sees) and as the held-out loss after each mode has trained on the same number
@@ -41,17 +42,35 @@ def batches(rows, mode: str, seq_len: int):
         # the same 16 conversations as the padded batch, first-fit into as few seq_len rows as they need:
         # identical gradients (tests/train/test_sft.py), so the two runs follow the same trajectory and
         # only the computation spent on padding differs
-        packed: list[list] = [[]]
-        used = 0
-        for ex in rows[i : i + 16]:
-            n = len(ex[0]) - 1
-            if used + n > seq_len:
-                packed.append([])
-                used = 0
-            packed[-1].append(ex)
-            used += n
+        group = rows[i : i + 16]
         i += 16
-        yield pack_rows(packed, seq_len, 0)
+        if mode == "packed":
+            packed: list[list] = [[]]
+            used = 0
+            for ex in group:
+                n = len(ex[0]) - 1
+                if used + n > seq_len:
+                    packed.append([])
+                    used = 0
+                packed[-1].append(ex)
+                used += n
+            yield pack_rows(packed, seq_len, 0)
+            continue
+        # packed_tight: rows as long as the group's longest conversation, first-fit decreasing, so the
+        # attention area shrinks with the padding instead of growing to seq_len²
+        width = max(len(ex[0]) - 1 for ex in group)
+        bins: list[list] = []
+        room: list[int] = []
+        for ex in sorted(group, key=lambda e: -len(e[0])):
+            n = len(ex[0]) - 1
+            j = next((k for k, r in enumerate(room) if r >= n), None)
+            if j is None:
+                bins.append([])
+                room.append(width)
+                j = len(bins) - 1
+            bins[j].append(ex)
+            room[j] -= n
+        yield pack_rows(bins, width, 0)
 
 
 def loss_of(model, batch) -> torch.Tensor:
@@ -102,7 +121,7 @@ def main() -> None:
     out: dict[str, object] = {"bench": "sft_packing", "data": args.data or "quickstart arith", "examples": len(train), "seq_len": seq_len,
                               "mean_tokens_per_example": round(sum(len(r[0]) for r in train) / len(train), 1),
                               "init_loss_padded": round(padded0, 6), "init_loss_packed": round(packed0, 6)}
-    for mode in ("padded", "packed"):
+    for mode in ("padded", "packed", "packed_tight"):
         model = Transformer(cfg)
         model.load_state_dict(state)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
@@ -128,6 +147,8 @@ def main() -> None:
     p, q = out["packed"], out["padded"]
     out["tokens_per_s_ratio"] = round(p["tokens_per_s"] / q["tokens_per_s"], 3)  # type: ignore[index]
     out["val_loss_ratio"] = round(p["val_loss_per_token"] / q["val_loss_per_token"], 4)  # type: ignore[index]
+    t = out["packed_tight"]
+    out["tight_tokens_per_s_ratio"] = round(t["tokens_per_s"] / q["tokens_per_s"], 3)  # type: ignore[index]
     print(json.dumps(out))
 
 
