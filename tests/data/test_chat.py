@@ -7,11 +7,11 @@ import torch
 
 from diji.data.chat import (
     CHAT_TEMPLATE,
-    conversation_from_record,
     render,
     render_text,
     split_reasoning,
 )
+from diji.data.records import conversation_from_record
 from diji.data.tokenizer import Tokenizer
 
 CONVERSATION = [
@@ -95,9 +95,9 @@ def test_records_and_errors():
         conversation_from_record({"messages": msgs[:1]})
     with pytest.raises(ValueError, match="role"):
         conversation_from_record({"messages": [{"role": "bot", "content": "x"}]})
-    with pytest.raises(ValueError, match="prompt"):
+    with pytest.raises(ValueError, match="fields found: text"):
         conversation_from_record({"text": "x"})
-    with pytest.raises(ValueError, match="JSON object"):
+    with pytest.raises(ValueError, match="no SFT format"):
         conversation_from_record(["x"])
 
 

@@ -142,27 +142,6 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def conversation_from_record(record: Any) -> list[dict[str, str]]:
-    """One SFT record → messages: `{"messages": [...]}` as is, or `{"prompt", "response"[, "system"]}`.
-
-    Raises ValueError naming what is missing; the record must end with an assistant turn to train on.
-    """
-    if not isinstance(record, dict):
-        raise ValueError("each record must be a JSON object with 'messages' or 'prompt'/'response'")
-    if "messages" in record:
-        messages = validate_messages(record["messages"])
-    elif isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
-        messages = [{"role": "user", "content": record["prompt"]},
-                    {"role": "assistant", "content": record["response"]}]
-        if isinstance(record.get("system"), str):
-            messages.insert(0, {"role": "system", "content": record["system"]})
-    else:
-        raise ValueError("record needs 'messages' (a list) or string 'prompt' and 'response' fields")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise ValueError("record has no assistant turn, so nothing to learn from")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
 def split_reasoning(text: str) -> tuple[str, str]:
     """(reasoning, answer) of an assistant reply: the inside of the last <think>…</think>, and what follows.
 

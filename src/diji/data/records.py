@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diji.data.chat import validate_messages
 from diji.errors import DijiError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_response")
@@ -297,6 +298,7 @@ def conversation_from_record(record: Any, fmt: str = "auto", require_assistant: 
     messages = _CONVERTERS[found](record)
     if not messages:
         raise ValueError("record holds no turns")
+    validate_messages(messages)  # the roles and contents the renderer accepts, checked at intake
     if require_assistant and not any(m["role"] == "assistant" for m in messages):
         raise ValueError("record has no assistant turn, so nothing to learn from")
     return messages
