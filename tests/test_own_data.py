@@ -61,4 +61,7 @@ def test_readme_own_data_path_runs(tmp_path):
         assert out.returncode == 0, (args, out.stderr[-2000:])
     lineage = json.loads((tmp_path / f"runs/mine-chat/checkpoints/step-{STEPS:06d}/lineage.json").read_text())
     assert lineage["stage"] == "sft" and lineage["config"]["data"]["path"] == "my_chats.jsonl"
-    assert lineage["config"]["data"]["eval_task"] == "" and lineage["config"]["data"]["task"] == ""
+    assert lineage["config"]["data"]["eval_task"] == "auto" and lineage["config"]["data"]["task"] == ""
+    # "auto" follows the data: no arithmetic accuracy is measured on the user's own chats.
+    metrics = [json.loads(line) for line in (tmp_path / "runs/mine-chat/metrics.jsonl").open()]
+    assert metrics and not any("val_accuracy" in m for m in metrics)

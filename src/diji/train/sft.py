@@ -67,8 +67,9 @@ class SFTData:
     """Fraction of records held out for val_loss (at least one record)."""
     seq_len: int = 256
     """Longest rendered conversation in tokens (longer ones: see overlong); with packing, the row length."""
-    eval_task: str = ""
-    """Also report held-out accuracy on this task's test split at every evaluation (empty = off)."""
+    eval_task: str = "auto"
+    """Also report held-out accuracy on this task's test split at every evaluation: a task name, "auto" (the
+    built-in data.task's own test split; nothing when training on a file) or empty (off)."""
     eval_examples: int = 100
     """Test problems per accuracy evaluation."""
     eval_max_new_tokens: int = 96
@@ -223,10 +224,12 @@ class SFTStage:
         self.epoch, self.cursor = 0, 0
         self._perm = self._permutation(0)
         self.eval_task = None
-        if cfg.data.eval_task:
+        # "auto" follows the data: switching data.task to your own data.path stops arithmetic accuracy.
+        eval_name = (cfg.data.task or "") if cfg.data.eval_task == "auto" else cfg.data.eval_task
+        if eval_name:
             from diji.eval.task import get_task
 
-            self.eval_task = get_task(cfg.data.eval_task)
+            self.eval_task = get_task(eval_name)
             self.eval_examples = self.eval_task.examples("test", cfg.data.eval_examples, seed=0)
 
     def _permutation(self, epoch: int) -> list[int]:
