@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diji.deploy_commands import load_quantized, quantize_checkpoint
+from diji.deploy_commands import quantize_checkpoint
 from diji.kernels.registry import REGISTRY
 from diji.model.generate import SamplingParams, generate
 from diji.model.quantize import weight_bytes
-from diji.train.checkpoint import load_checkpoint
+from diji.train.checkpoint import load_checkpoint, load_quantized
 
 
 def build_trained(root: Path, steps: int) -> tuple[Path, Path]:

@@ -15,22 +15,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from diji import __version__
 from diji.errors import DijiError
 
 WEIGHTS = "model.safetensors"
 _NOT_CARRIED = (WEIGHTS, "lineage.json", "train_state.pt", "adapter_model.safetensors", "adapter_config.json")
-
-
-def quantization_of(ckpt: str | Path) -> dict | None:
-    """The checkpoint's `diji.quantization` entry (None for an ordinary float checkpoint)."""
-    try:
-        hf = json.loads((Path(ckpt) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return (hf.get("diji") or {}).get("quantization") if isinstance(hf, dict) else None
 
 
 def quantize_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
@@ -39,7 +28,7 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
 
     from diji.io import publish_dir, sha256_file
     from diji.model.quantize import QUANT, quantize_model, quantized_state, weight_bytes
-    from diji.train.checkpoint import load_checkpoint
+    from diji.train.checkpoint import load_checkpoint, quantization_of
 
     ckpt, out = Path(ckpt), Path(out)
     if quantization_of(ckpt):
@@ -75,33 +64,11 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
             "ratio": round(after / before, 4)}
 
 
-def load_quantized(ckpt: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """Load an int8 checkpoint (verified) as a `train.checkpoint.Loaded`; activations compute in `dtype`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from diji.model.quantize import model_from_quantized_state
-    from diji.model.transformer import Transformer
-    from diji.train.checkpoint import Loaded, read_model_config, verify_checkpoint
-
-    ckpt = Path(ckpt)
-    if not quantization_of(ckpt):
-        raise DijiError(f"{ckpt} is not an int8 checkpoint (config.json has no diji.quantization); "
-                        "load it with load_checkpoint")
-    lineage = verify_checkpoint(ckpt)
-    try:
-        state = load_file(str(ckpt / WEIGHTS))
-    except (SafetensorError, OSError) as e:
-        raise DijiError(f"cannot read the weights of {ckpt}: {e}") from None
-    model = model_from_quantized_state(Transformer(read_model_config(ckpt)), state, dtype)
-    return Loaded(model.to(device), ckpt, lineage, ckpt / "tokenizer.json")
-
-
 def export_gguf(ckpt: str | Path, out: str | Path, qtype: str = "f16") -> dict:
     """Write checkpoint `ckpt` as a GGUF file at `out` (f16 or q8_0 matrices); returns a summary."""
     from diji.data.tokenizer import Tokenizer
     from diji.model.gguf import TYPES, tokenizer_fields, write_gguf
-    from diji.train.checkpoint import is_adapter, load_checkpoint
+    from diji.train.checkpoint import is_adapter, load_checkpoint, quantization_of
 
     ckpt = Path(ckpt)
     if qtype not in TYPES:

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from diji.cli import main
-from diji.deploy_commands import export_gguf, load_quantized, quantize_checkpoint
+from diji.deploy_commands import export_gguf, quantize_checkpoint
 from diji.errors import DijiError
 from diji.kernels.quant import int8_linear_int8mm, int8_linear_reference, quantize_rows
 from diji.kernels.registry import REGISTRY
 from diji.model.generate import SamplingParams, generate
 from diji.model.quantize import quantize_model, weight_bytes
 from diji.model.transformer import ModelConfig, Transformer
-from diji.train.checkpoint import save_checkpoint
+from diji.train.checkpoint import load_quantized, save_checkpoint
 
 CFG = ModelConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, intermediate_size=128, max_position_embeddings=64)
@@ -76,6 +76,12 @@ def test_quantize_command_writes_a_checkpoint_that_loads_back(tmp_path, data_dir
         quantize_checkpoint(tmp_path / "q8", tmp_path / "again")
     with pytest.raises(DijiError, match="int8 diji checkpoint"):
         export_gguf(tmp_path / "q8", tmp_path / "x.gguf")
+    # The commands users run take the int8 checkpoint as it is (load_checkpoint hands it to load_quantized)…
+    assert main(["generate", str(tmp_path / "q8"), "--prompt", "the", "--max-new-tokens", "3", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("the")
+    # …and export-hf, whose readers have no int8 layout, refuses it in one line.
+    assert main(["export-hf", str(tmp_path / "q8"), "--out", str(tmp_path / "hf")]) == 2
+    assert "int8" in capsys.readouterr().err and not (tmp_path / "hf").exists()
     (tmp_path / "q8" / "model.safetensors").write_bytes(b"broken")
     with pytest.raises(DijiError):
         load_quantized(tmp_path / "q8")

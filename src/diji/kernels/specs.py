@@ -131,6 +131,31 @@ SPECS: dict[str, Callable[[], list[Case]]] = {
 }
 
 
+def _int8_linear() -> list[Case]:
+    from diji.kernels.quant import quantize_rows
+
+    def weights(out: int, inp: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q, scale = quantize_rows(_randn(out, inp, seed=seed, scale=0.2))
+        return q, scale.double()
+
+    w1, s1 = weights(48, 64, 40)
+    w2, s2 = weights(96, 128, 41)
+    return [
+        Case("x(3,7,64) W(48,64) int8 + bias", [_randn(3, 7, 64, seed=42), w1, s1, _randn(48, seed=43)]),
+        Case("x(1,1,128) W(96,128) int8, decode-sized", [_randn(1, 1, 128, seed=44), w2, s2]),
+    ]
+
+
+def _decode() -> list[Case]:
+    # A whole-model step (model, KV cache, positions): checked end to end against the reference path by
+    # tests/kernels/test_decode.py (identical greedy tokens), not by per-op tensors here.
+    return []
+
+
+SPECS["int8_linear"] = _int8_linear
+SPECS["decode"] = _decode
+
+
 def _moe_ffn() -> list[Case]:
     from diji.kernels import moe
 

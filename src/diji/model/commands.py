@@ -132,10 +132,13 @@ def export_hf(ckpt: str | Path, out: str | Path) -> Path:
     """
     from diji.io import publish_dir
     from diji.model.hf import NATIVE, family
-    from diji.train.checkpoint import is_adapter, read_model_config, verify_checkpoint
+    from diji.train.checkpoint import is_adapter, quantization_of, read_model_config, verify_checkpoint
 
     ckpt, out = Path(ckpt), Path(out)
     verify_checkpoint(ckpt)
+    if quantization_of(ckpt):
+        raise DijiError(f"{ckpt} holds diji's int8 weights, which transformers cannot read; export the checkpoint "
+                        "it was quantised from (or use diji export-gguf --type q8_0 for an int8 file)")
     cfg = read_model_config(ckpt)
     model_type, why = family(cfg)
     if model_type == NATIVE:

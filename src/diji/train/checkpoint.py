@@ -304,6 +304,32 @@ def load_weights(model: torch.nn.Module, ckpt: str | Path) -> None:
         raise DijiError(f"checkpoint {ckpt} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
+def quantization_of(ckpt: str | Path) -> dict | None:
+    """The checkpoint's `diji.quantization` entry (None for an ordinary float checkpoint)."""
+    try:
+        hf = json.loads((Path(ckpt) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return (hf.get("diji") or {}).get("quantization") if isinstance(hf, dict) else None
+
+
+def load_quantized(ckpt: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Loaded:
+    """Load an int8 checkpoint (`diji quantize`, verified); activations compute in `dtype`."""
+    from diji.model.quantize import model_from_quantized_state
+
+    ckpt = Path(ckpt)
+    if not quantization_of(ckpt):
+        raise DijiError(f"{ckpt} is not an int8 checkpoint (config.json has no diji.quantization); "
+                        "load it with load_checkpoint")
+    lineage = verify_checkpoint(ckpt)
+    try:
+        state = load_file(str(ckpt / WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise DijiError(f"cannot read the weights of {ckpt}: {e}") from None
+    model = model_from_quantized_state(Transformer(read_model_config(ckpt)), state, dtype)
+    return Loaded(model.to(device), ckpt, lineage, ckpt / "tokenizer.json")
+
+
 def load_checkpoint(ckpt: str | Path, device: str | torch.device = "cpu", verify: bool = True,
                     dtype: torch.dtype | None = None) -> Loaded:
     """Build the model from config.json and load verified weights; LoRA adapters are merged in.
@@ -311,6 +337,8 @@ def load_checkpoint(ckpt: str | Path, device: str | torch.device = "cpu", verify
     dtype: the parameter dtype to compute in (None = float32, which training and the reference path use).
     """
     ckpt = Path(ckpt)
+    if quantization_of(ckpt):  # int8 weights (diji quantize): generate, chat, eval and serve take them as they are
+        return load_quantized(ckpt, device, dtype)
     if is_adapter(ckpt):
         from diji.train.lora import load_model
 
@@ -319,9 +347,13 @@ def load_checkpoint(ckpt: str | Path, device: str | torch.device = "cpu", verify
             loaded.model.to(dtype)
         return loaded
     lineage = verify_checkpoint(ckpt) if verify else read_lineage(ckpt)
-    model = Transformer(read_model_config(ckpt))
-    if dtype is not None:
-        model.to(dtype)  # before loading: a bf16 checkpoint never exists in memory as fp32
+    cfg = read_model_config(ckpt)
+    # Built on the meta device and given storage in the target dtype: no random initialisation to throw
+    # away, and a bf16 checkpoint never exists in memory as fp32 (load_weights then fills every tensor,
+    # strictly — a missing one is an error).
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = model.to(dtype or torch.float32).to_empty(device="cpu")
     load_weights(model, ckpt)
     return Loaded(model.to(device), ckpt, lineage, ckpt / "tokenizer.json")
 
