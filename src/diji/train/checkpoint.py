@@ -284,8 +284,12 @@ def is_adapter(ckpt: str | Path) -> bool:
         return False
 
 
-def load_weights(model: torch.nn.Module, ckpt: str | Path) -> None:
-    """Load a checkpoint's weights (and its PEFT adapters, if any) into `model`, strictly."""
+def load_weights(model: torch.nn.Module, ckpt: str | Path, assign_dtype: torch.dtype | None = None) -> None:
+    """Load a checkpoint's weights (and its PEFT adapters, if any) into `model`, strictly.
+
+    assign_dtype: for a model built on the meta device — the loaded tensors, cast to this dtype one at a
+    time, *become* its parameters (no second copy of the weights in memory at any moment).
+    """
     ckpt = Path(ckpt)
     try:
         state = load_file(str(ckpt / WEIGHTS))
@@ -294,9 +298,16 @@ def load_weights(model: torch.nn.Module, ckpt: str | Path) -> None:
             state.update(from_peft_names(load_file(str(ckpt / ADAPTER_WEIGHTS))))
     except (SafetensorError, OSError, ValueError, KeyError) as e:
         raise DijiError(f"cannot read the weights of {ckpt}: {e}") from None
-    if getattr(model.config, "tie_word_embeddings", False):
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    if assign_dtype is not None:
+        for k in list(state):
+            if state[k].is_floating_point() and state[k].dtype != assign_dtype:
+                state[k] = state.pop(k).to(assign_dtype)
+    if tied:
         state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=assign_dtype is not None)
+    if tied and assign_dtype is not None:
+        model.lm_head.weight = model.model.embed_tokens.weight  # assign replaced both; tie them again
     if any(".lora_" in k for k in unexpected) and not any(".lora_" in k for k in model.state_dict()):
         raise DijiError(f"{ckpt} is a LoRA adapter checkpoint; load it with its adapters (diji does this for "
                         f"generate/eval/serve) or fold them in first: diji lora merge {ckpt} --out MERGED")
@@ -348,13 +359,12 @@ def load_checkpoint(ckpt: str | Path, device: str | torch.device = "cpu", verify
         return loaded
     lineage = verify_checkpoint(ckpt) if verify else read_lineage(ckpt)
     cfg = read_model_config(ckpt)
-    # Built on the meta device and given storage in the target dtype: no random initialisation to throw
-    # away, and a bf16 checkpoint never exists in memory as fp32 (load_weights then fills every tensor,
-    # strictly — a missing one is an error).
+    # Built on the meta device, its parameters then *are* the loaded tensors in the target dtype: no random
+    # initialisation to throw away, one copy of the weights at peak, and a bf16 checkpoint never exists in
+    # memory as fp32 (strict: a tensor the file lacks is an error, never left uninitialised).
     with torch.device("meta"):
         model = Transformer(cfg)
-    model = model.to(dtype or torch.float32).to_empty(device="cpu")
-    load_weights(model, ckpt)
+    load_weights(model, ckpt, assign_dtype=dtype or torch.float32)
     return Loaded(model.to(device), ckpt, lineage, ckpt / "tokenizer.json")
 
 
