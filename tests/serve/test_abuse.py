@@ -334,7 +334,8 @@ def test_feedback_is_bound_to_the_key_and_rate_limited(keyed):
     assert len(rid.split("-", 1)[1]) == 32  # 128 random bits
     stolen = httpx.post(u + "/v1/feedback", json={"id": rid, "rating": 1}, headers=auth("key-b"))
     assert stolen.status_code == 404 and stolen.json()["error"]["param"] == "id"
-    guessed = httpx.post(u + "/v1/feedback", json={"id": rid[:-1] + "0", "rating": 1}, headers=auth("key-a"))
+    near = rid[:-1] + ("1" if rid[-1] == "0" else "0")  # a neighbouring id (never the id itself)
+    guessed = httpx.post(u + "/v1/feedback", json={"id": near, "rating": 1}, headers=auth("key-a"))
     assert guessed.status_code == 404
     assert httpx.post(u + "/v1/feedback", json={"id": rid, "rating": 1}, headers=auth("key-a")).status_code == 200
     codes = [httpx.post(u + "/v1/feedback", json={"id": rid, "rating": 1}, headers=auth("key-a")).status_code
