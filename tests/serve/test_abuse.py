@@ -7,6 +7,7 @@ Each test starts its own small server where it changes settings or breaks the en
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import random
@@ -247,13 +248,24 @@ def test_connection_cap_refuses_at_once_and_slow_bodies_time_out(checkpoint):  #
         busy = httpx.get(s.url + "/health", timeout=10)
         assert busy.status_code == 503 and time.monotonic() - t0 < 0.5  # over the cap: refused at once
         replies = []
-        for c, t0 in slow:
-            replies.append((c.recv(4096)[:12], time.monotonic() - t0))
+        for c, t0 in slow:  # when each answer began (the rest may follow in later packets: read below)
+            raw = c.recv(65536)
+            replies.append([raw[:12], time.monotonic() - t0, raw])
+        for (c, _), reply in zip(slow, replies, strict=True):
+            c.settimeout(1)
+            with contextlib.suppress(OSError):
+                while b"}" not in reply[2].split(b"\r\n\r\n", 1)[-1] and (chunk := c.recv(65536)):
+                    reply[2] += chunk
             c.close()
-        refused = [t for head, t in replies if head == b"HTTP/1.1 503"]
-        timed_out = [t for head, t in replies if head == b"HTTP/1.1 408"]
-        assert refused and timed_out and len(refused) + len(timed_out) == 6, replies
-        assert 1.0 <= min(timed_out) < 4  # the slow bodies are cut after the body timeout
+        refused = [t for head, t, _ in replies if head == b"HTTP/1.1 503"]
+        timed_out = [(t, raw) for head, t, raw in replies if head == b"HTTP/1.1 408"]
+        assert refused and timed_out and len(refused) + len(timed_out) == 6, [r[:2] for r in replies]
+        # Each slow body is cut once the 1 s body timeout has passed — not before it, and not only when the
+        # client's own 5 s socket timeout would have ended the wait — with an OpenAI-shaped error naming it.
+        for t, raw in timed_out:
+            assert 1.0 <= t < 4, t
+            body = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+            assert "did not arrive within 1 s" in body["error"]["message"]
         assert httpx.get(s.url + "/health", timeout=10).status_code == 200
     finally:
         s.stop()
