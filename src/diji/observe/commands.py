@@ -33,16 +33,11 @@ def _parent_lineage(parent: object, child: Path | None) -> dict | None:
     if not isinstance(parent, str):
         raise DijiError(f"lineage.json of {child or 'a parent'}: 'parent' must be a checkpoint path, "
                         f"got {type(parent).__name__}")
-    path = Path(parent, "lineage.json")
-    if not path.is_file():
+    from diji.train.checkpoint import read_lineage
+
+    if not Path(parent, "lineage.json").is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DijiError(f"{path} is not valid JSON; the chain cannot be followed past it") from None
-    if not isinstance(data, dict):
-        raise DijiError(f"{path} holds a {type(data).__name__}, not a lineage object")
-    return data
+    return read_lineage(parent)  # refuses invalid JSON and anything but a lineage object, in one line
 
 
 def _lineage(args: argparse.Namespace) -> int:
