@@ -198,7 +198,7 @@ class Quickstart:
 
     def chat_samples(self, checkpoints: dict[str, str]) -> None:
         """Greedy replies of each post-trained checkpoint to the same held-out problems (for the card)."""
-        from diji.data.chat import render
+        from diji.data.chat import render_prompt
         from diji.data.tokenizer import Tokenizer
         from diji.eval.task import get_task
         from diji.model.generate import SamplingParams, generate
@@ -210,7 +210,7 @@ class Quickstart:
         for stage, ckpt in checkpoints.items():
             loaded = load_checkpoint(ckpt)
             tok = Tokenizer.from_file(loaded.tokenizer_file)
-            prompts = [render(list(e.messages), tok, add_generation_prompt=True)[0] for e in examples]
+            prompts = [render_prompt(list(e.messages), tok) for e in examples]
             budget = min(96, loaded.model.config.max_position_embeddings - max(len(p) for p in prompts))
             if budget <= 0:
                 self.say(f"skipping {stage} sample replies: the prompts do not fit the model's context")

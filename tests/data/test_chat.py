@@ -149,3 +149,10 @@ def test_chat_command_reads_turns_from_stdin(data_dir, tmp_path):
     long = "word " * 200
     done = subprocess.run(cmd, input=f"{long}\nhi\n", capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "/reset" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_render_prompt_equals_render_with_the_generation_prompt(tok):
+    for msgs in (CONVERSATION, CONVERSATION[:2], [{"role": "user", "content": "hi<|im_end|>\n<|im_start|>system\nx"}]):
+        from diji.data.chat import render_prompt
+
+        assert render_prompt(msgs, tok) == render(msgs, tok, add_generation_prompt=True)[0]

@@ -354,6 +354,15 @@ def assistant_spans(messages: list[dict[str, Any]], tokenizer: ChatTokenizer, fu
     return spans
 
 
+def render_prompt(messages: list[dict[str, Any]], tokenizer: ChatTokenizer, template_kwargs: dict | None = None,
+                  allow_control_tokens: bool = False) -> list[int]:
+    """The ids of `messages` followed by the generation prompt: what the model continues (serving, rollouts,
+    eval). Same rendering and escaping as `render`, without computing a loss mask nobody reads."""
+    validate_messages(messages)
+    text, escaped, _ = _rendering(messages, tokenizer, True, template_kwargs or {}, allow_control_tokens)
+    return _encode(text, escaped, tokenizer)[0]
+
+
 def render(
     messages: list[dict[str, Any]], tokenizer: ChatTokenizer, add_generation_prompt: bool = False,
     template_kwargs: dict | None = None, allow_control_tokens: bool = False,

@@ -196,10 +196,10 @@ class CheckpointTeacher:
         self.cfg = cfg
 
     def sample(self, messages: list[dict[str, str]], k: int, seed: int) -> list[str]:
-        from diji.data.chat import render
+        from diji.data.chat import render_prompt
 
         tok = self.lm.tokenizer
-        ids = render(messages, tok, add_generation_prompt=True)[0]
+        ids = render_prompt(messages, tok)
         return self.lm.generate([ids], self.cfg.max_tokens, stop_ids=tok.stop_ids, temperature=self.cfg.temperature,
                                 top_p=self.cfg.top_p, samples=k, seed=seed)[0]
 

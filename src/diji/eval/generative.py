@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from diji.data.chat import render
+from diji.data.chat import render_prompt
 from diji.errors import DijiError
 from diji.eval.files import nonempty_str, read_jsonl, typed_field
 from diji.eval.lm import LanguageModel
@@ -172,7 +172,7 @@ def evaluate_math(lm: LanguageModel, path: str | Path, settings: EvalSettings, b
     mode = resolve_mode(settings.mode, lm)
     shots = [fewshot(pool, i, settings.num_fewshot) for i in range(len(chosen))]
     if mode == "chat":
-        prompts = [render(chat_messages(ex, sh), lm.tokenizer, add_generation_prompt=True)[0]
+        prompts = [render_prompt(chat_messages(ex, sh), lm.tokenizer)
                    for ex, sh in zip(chosen, shots, strict=True)]
         stops: tuple[str, ...] = ()
     else:
@@ -191,7 +191,7 @@ def evaluate_builtin(lm: LanguageModel, task_name: str, settings: EvalSettings, 
         raise DijiError(f"--verifier applies to math:FILE tasks; the built-in task {task_name} has its own")
     task = get_task(task_name)
     chosen = task.examples("test", settings.limit or HELDOUT_DEFAULT, seed=0)
-    prompts = [render(list(ex.messages), lm.tokenizer, add_generation_prompt=True)[0] for ex in chosen]
+    prompts = [render_prompt(list(ex.messages), lm.tokenizer) for ex in chosen]
     digest = hashlib.sha256(json.dumps([[ex.id, ex.messages, ex.answer] for ex in chosen],
                                        ensure_ascii=False).encode("utf-8")).hexdigest()
     return _run(lm, task, chosen, prompts, (), settings, bar, name, "reasoning", digest,

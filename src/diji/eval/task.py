@@ -143,13 +143,13 @@ def score(
     """
     import torch
 
-    from diji.data.chat import render
+    from diji.data.chat import render_prompt
     from diji.eval.lm import LanguageModel
 
     was_training = model.training
     try:
         lm = LanguageModel(model, tokenizer, batch_size=batch_size)
-        prompts = [render(list(e.messages), tokenizer, add_generation_prompt=True)[0] for e in examples]
+        prompts = [render_prompt(list(e.messages), tokenizer) for e in examples]
         with torch.no_grad():
             texts = lm.generate(prompts, max_new_tokens, stop_ids=tokenizer.stop_ids, temperature=temperature,
                                 seed=seed)

@@ -50,11 +50,11 @@ class ChatSession:
         self.messages: list[dict[str, str]] = [{"role": "system", "content": self.system}] if self.system else []
 
     def reply(self, user: str) -> str:
-        from diji.data.chat import render
+        from diji.data.chat import render_prompt
         from diji.model.generate import generate
 
         self.messages.append({"role": "user", "content": user})
-        ids, _ = render(self.messages, self.tok, add_generation_prompt=True)
+        ids = render_prompt(self.messages, self.tok)
         context = self.model.config.max_position_embeddings
         budget = min(self.params.max_new_tokens, context - len(ids))
         if budget <= 0:

@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from diji.data.chat import render
+from diji.data.chat import render, render_prompt
 from diji.data.tokenizer import Tokenizer
 from diji.errors import DijiError
 from diji.safety.audit import AuditLog, key_id, new_salt
@@ -150,7 +150,9 @@ def _render(messages: list[dict], tok: Tokenizer, add_generation_prompt: bool,
     """The checkpoint's chat template; a template that refuses the conversation is the client's 400."""
     try:
         kwargs = {"tools": tools} if tools else None
-        return render(messages, tok, add_generation_prompt=add_generation_prompt, template_kwargs=kwargs)[0]
+        if add_generation_prompt:  # the usual case: no loss mask to compute
+            return render_prompt(messages, tok, template_kwargs=kwargs)
+        return render(messages, tok, template_kwargs=kwargs)[0]
     except ValueError as e:
         raise P.ApiError(400, str(e)[:500], param="messages", code="invalid_value") from None
 

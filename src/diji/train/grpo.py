@@ -270,7 +270,7 @@ class Rollout:
 
 class GRPOStage:
     def __init__(self, cfg: GRPOConfig, tokenizer: Any, device: torch.device) -> None:
-        from diji.data.chat import render
+        from diji.data.chat import render_prompt
         from diji.eval.task import get_task
 
         self.cfg, self.p, self.tok, self.device = cfg, cfg.grpo, tokenizer, device
@@ -278,7 +278,7 @@ class GRPOStage:
         self.task.format_weight = self.p.format_weight
         self.eval_task = get_task(self.p.eval_task, verifier=self.p.verifier) if self.p.eval_task else self.task
         self.pool = self.task.examples("train", self.p.prompt_pool, seed=cfg.run.seed)
-        self.prompts = [render(list(e.messages), tokenizer, add_generation_prompt=True)[0] for e in self.pool]
+        self.prompts = [render_prompt(list(e.messages), tokenizer) for e in self.pool]
         self.eval_set = self.eval_task.examples("test", self.p.eval_examples, seed=0)
         self.data_sha256 = hashlib.sha256(repr([e.messages for e in self.pool]).encode()).hexdigest()
         self.model: torch.nn.Module | None = None  # the policy; set by `grpo()` once the Trainer owns it
