@@ -116,3 +116,11 @@ def test_generate_with_tiny_temperature_equals_greedy(model):
     greedy = generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=8))[0].tokens
     tiny = generate(model, [[5, 6, 7]], SamplingParams(max_new_tokens=8, temperature=1e-300, top_p=1e-300, seed=0))
     assert tiny[0].tokens == greedy
+
+
+def test_greedy_sample_is_argmax_including_ties_and_nan():
+    logits = torch.tensor([[0.0, 2.0, 2.0, 1.0], [float("nan"), 1.0, float("nan"), 0.0],
+                           [float("-inf"), float("inf"), float("inf"), 0.0], [3.0, 3.0, 3.0, 3.0]])
+    assert sample(logits, 0.0).tolist() == logits.argmax(-1).tolist() == [1, 0, 1, 0]
+    wide = torch.randint(0, 3, (16, 4096), generator=torch.Generator().manual_seed(0)).float()
+    assert torch.equal(sample(wide, 0.0), wide.argmax(-1))

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from diji import __version__
 from diji.errors import DijiError
 from diji.io import atomic_write_json, atomic_write_text, publish_dir, sha256_file
+from diji.model.generate import fuse_weights
 from diji.model.hf import family, from_hf_config, state_from_hf, state_to_hf, to_hf_config
 from diji.model.transformer import ModelConfig, Transformer
 from diji.options import DTYPE_CHOICES
@@ -284,6 +285,50 @@ def is_adapter(ckpt: str | Path) -> bool:
         return False
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """A safetensors file read tensor by tensor into process memory; floating tensors cast to `dtype`.
+
+    Not safetensors' `load_file`, which memory-maps the file: the pages a forward pass touches then count
+    in the resident set for as long as any tensor of the file lives, so anything later copied out of the
+    map (a fused decode matrix, a cast) is resident twice. Here each tensor is `readinto` its own buffer
+    (the page cache is not part of the process), cast one at a time: the peak is one copy of the weights
+    in the target dtype plus the largest single tensor in the stored dtype.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 0 < n <= 100 * 2**20:
+            raise ValueError(f"not a safetensors file (header length {n})")
+        header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("not a safetensors file (its header is not a JSON object)")
+        base = 8 + n
+        out = {}
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            stored = _SAFETENSORS_DTYPES.get(meta["dtype"])
+            if stored is None:
+                raise ValueError(f"tensor {name} has an unsupported dtype {meta['dtype']}")
+            begin, end = meta["data_offsets"]
+            t = torch.empty(meta["shape"], dtype=stored)
+            if t.numel() * t.element_size() != end - begin:
+                raise ValueError(f"tensor {name}: {end - begin} bytes for shape {meta['shape']} {meta['dtype']}")
+            if t.numel():
+                f.seek(base + begin)
+                if f.readinto(memoryview(t.view(-1).view(torch.uint8).numpy())) != end - begin:
+                    raise ValueError(f"tensor {name} is truncated")
+            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                t = t.to(dtype)
+            out[name] = t
+    return out
+
+
 def load_weights(model: torch.nn.Module, ckpt: str | Path, assign_dtype: torch.dtype | None = None) -> None:
     """Load a checkpoint's weights (and its PEFT adapters, if any) into `model`, strictly.
 
@@ -292,7 +337,7 @@ def load_weights(model: torch.nn.Module, ckpt: str | Path, assign_dtype: torch.d
     """
     ckpt = Path(ckpt)
     try:
-        state = load_file(str(ckpt / WEIGHTS))
+        state = read_safetensors(ckpt / WEIGHTS, assign_dtype)
         state = state_from_hf(json.loads((ckpt / "config.json").read_text(encoding="utf-8")), state)
         if (ckpt / ADAPTER_WEIGHTS).is_file():
             state.update(from_peft_names(load_file(str(ckpt / ADAPTER_WEIGHTS))))
@@ -341,6 +386,24 @@ def load_quantized(ckpt: str | Path, device: str | torch.device = "cpu", dtype: 
     return Loaded(model.to(device), ckpt, lineage, ckpt / "tokenizer.json")
 
 
+class _SkipTorchInit(torch.overrides.TorchFunctionMode):
+    """Skip random initialisation while a model is built on the meta device (its values are discarded).
+
+    The meta implementations of normal_/uniform_/randn are Python references (torch._refs) whose first use
+    imports torch._dynamo and sympy: measured +67 MB resident in a server that never compiles."""
+
+    SKIPPED = (torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_,
+               torch.nn.init.trunc_normal_, torch.nn.init.xavier_uniform_, torch.nn.init.xavier_normal_)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.SKIPPED:
+            return args[0] if args else kwargs["tensor"]
+        if func is torch.randn:  # an uninitialised tensor of the same shape (on meta: no memory at all)
+            return torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
+        return func(*args, **kwargs)
+
+
 def load_checkpoint(ckpt: str | Path, device: str | torch.device = "cpu", verify: bool = True,
                     dtype: torch.dtype | None = None) -> Loaded:
     """Build the model from config.json and load verified weights; LoRA adapters are merged in.
@@ -362,10 +425,12 @@ def load_checkpoint(ckpt: str | Path, device: str | torch.device = "cpu", verify
     # Built on the meta device, its parameters then *are* the loaded tensors in the target dtype: no random
     # initialisation to throw away, one copy of the weights at peak, and a bf16 checkpoint never exists in
     # memory as fp32 (strict: a tensor the file lacks is an error, never left uninitialised).
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipTorchInit():
         model = Transformer(cfg)
     load_weights(model, ckpt, assign_dtype=dtype or torch.float32)
-    return Loaded(model.to(device), ckpt, lineage, ckpt / "tokenizer.json")
+    model = model.to(device)
+    fuse_weights(model)  # the decode layout now, before any forward fragments the heap (generate.py)
+    return Loaded(model, ckpt, lineage, ckpt / "tokenizer.json")
 
 
 def stored_dtype(ckpt: str | Path) -> str:
