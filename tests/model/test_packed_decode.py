@@ -170,7 +170,9 @@ def test_read_safetensors_equals_safetensors_load_file(tmp_path):
 
 def test_truncated_or_garbage_weights_are_a_dijierror(ckpt, tmp_path):
     data = (ckpt / "model.safetensors").read_bytes()
-    for name, blob in (("truncated", data[: len(data) - 100]), ("garbage", b"\x10\x00" + bytes(300))):
+    bad_shape = b'{"w": {"dtype": "F32", "shape": [-2, 3], "data_offsets": [0, 24]}}'
+    for name, blob in (("truncated", data[: len(data) - 100]), ("garbage", b"\x10\x00" + bytes(300)),
+                       ("bad_shape", len(bad_shape).to_bytes(8, "little") + bad_shape + bytes(24))):
         bad = tmp_path / name
         bad.mkdir()
         for f in ckpt.iterdir():

@@ -315,8 +315,11 @@ def read_safetensors(path: str | Path, dtype: torch.dtype | None = None) -> dict
             stored = _SAFETENSORS_DTYPES.get(meta["dtype"])
             if stored is None:
                 raise ValueError(f"tensor {name} has an unsupported dtype {meta['dtype']}")
-            begin, end = meta["data_offsets"]
-            t = torch.empty(meta["shape"], dtype=stored)
+            try:
+                begin, end = (int(o) for o in meta["data_offsets"])
+                t = torch.empty([int(d) for d in meta["shape"]], dtype=stored)
+            except (TypeError, RuntimeError) as e:  # a malformed entry (negative sizes, not numbers)
+                raise ValueError(f"tensor {name} has a malformed header entry: {e}") from None
             if t.numel() * t.element_size() != end - begin:
                 raise ValueError(f"tensor {name}: {end - begin} bytes for shape {meta['shape']} {meta['dtype']}")
             if t.numel():
