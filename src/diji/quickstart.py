@@ -21,38 +21,79 @@ from diji.errors import DijiError
 from diji.io import atomic_write_json
 
 # The default recipe: a ~4M-parameter Llama-style model that fits a 2-core CPU's few minutes. Pretraining is
-# 150 steps so that the whole chain stays within 15 minutes on the slower 2-core machines too: one step
-# took 1.0 s on the reference machine of 2026-11-23 and 2.2 s on the one of 2026-12-02 (docs/LOG.md).
+# 200 steps (≈ 0.7 s each on the 2-core machine of 2026-12-03; 2.2 s on the slower one of 2026-12-02, so
+# the budget is watched in docs/LOG.md): SFT learns to copy and add the story's numbers only from a
+# reasonably pretrained start (pretraining val loss 5.4 → 4.98 separated failing from working SFT there).
 PRETRAIN_OVERRIDES = [
     "model.vocab_size=4096", "model.hidden_size=256", "model.num_hidden_layers=4",
     "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.intermediate_size=704",
     "model.max_position_embeddings=512", "data.seq_len=256",
-    "train.batch_size=16", "train.max_steps=150", "train.log_every=10", "train.eval_every=50",
+    "train.batch_size=16", "train.max_steps=200", "train.log_every=10", "train.eval_every=50",
     "train.eval_batches=8", "train.save_every=100", "optim.lr=3e-3", "optim.warmup_steps=20",
 ]
 
-# Post-training on the embedded arithmetic word problems (diji.eval.reasoning): SFT on worked solutions,
-# then GRPO with the exact-answer verifier. Both report greedy accuracy on the same held-out test problems.
-# GRPO runs without the std division (Dr. GRPO): with std scaling, groups that differ only in the small
-# format reward get unit-size advantages, and at lr 1e-3 the policy collapsed (format 98% → 0% in 15 steps).
-# RL does not yet lift this 4M model (docs/LOG.md, session 2: ~20 variants of lr, batch, KL, LoRA, reward):
-# settings small enough not to hurt do not help within the budget, larger ones fix sign errors but break
-# copying and arithmetic. The default is a gentle, KL-anchored setting; its measured effect is in the log.
+# Post-training on the embedded word problems (diji.eval.reasoning, task "arith_mix"): SFT on replies of two
+# styles — 40 % reason step by step in <think>…</think>, 60 % answer directly — then GRPO rewarded only for
+# the correct final answer. After SFT the model answers directly when greedy and is right far more often
+# when it thinks; RL can *select* that behaviour (DeepSeek-R1's rising think share and length, in
+# miniature) where it could not build a missing skill (docs/LOG.md, 2026-12-02). Dr. GRPO: no std
+# division and a constant normaliser (no length bias); the KL anchor leaves out the first reply token, so
+# it keeps the arithmetic close to SFT's without capping the choice of style. The control run is the same
+# GRPO with the first token frozen: what it gains is what RL did for the reasoning itself.
 EVAL_EXAMPLES = 200
+SFT_TASK = "arith_mix"
 SFT_OVERRIDES = [
-    'data.task="arith"', "data.task_examples=6000", "data.seq_len=256", 'data.eval_task="arith"',
-    f"data.eval_examples={EVAL_EXAMPLES}", "data.eval_max_new_tokens=48",
-    "train.batch_size=16", "train.max_steps=300", "train.log_every=10", "train.eval_every=0",
-    "train.eval_batches=4", "train.save_every=300", "optim.lr=3e-3", "optim.warmup_steps=10",
+    f'data.task="{SFT_TASK}"', "data.task_examples=6000", "data.seq_len=256", "data.packing=true",
+    f'data.eval_task="{SFT_TASK}"', f"data.eval_examples={EVAL_EXAMPLES}", "data.eval_max_new_tokens=64",
+    "train.batch_size=8", "train.max_steps=1000", "train.log_every=10", "train.eval_every=0",
+    "train.eval_batches=4", "train.save_every=1000", "optim.lr=3e-3", "optim.warmup_steps=10",
     "optim.weight_decay=0.0",
 ]
 GRPO_OVERRIDES = [
-    'grpo.task="arith"', "grpo.group_size=8", "grpo.max_new_tokens=48", "grpo.temperature=1.0",
-    "grpo.scale_rewards=false", "grpo.kl_beta=0.1",
-    f"grpo.eval_examples={EVAL_EXAMPLES}", "grpo.prompt_pool=4000",
+    f'grpo.task="{SFT_TASK}"', "grpo.group_size=8", "grpo.max_new_tokens=64", "grpo.temperature=1.0",
+    "grpo.scale_rewards=false", 'grpo.loss_norm="constant"', "grpo.format_weight=0.0", "grpo.kl_beta=0.1",
+    "grpo.kl_skip_first=true", f"grpo.eval_examples={EVAL_EXAMPLES}", "grpo.prompt_pool=4000",
     "train.batch_size=8", "train.max_steps=60", "train.log_every=5", "train.eval_every=0",
     "train.save_every=60", "optim.lr=1e-4", "optim.warmup_steps=5", "optim.schedule=\"constant\"",
 ]
+PROBE_SAMPLES = 4
+"""Sampled (T = 1) replies per held-out problem in the before/after probe (sampled accuracy, pass@k)."""
+CURVE_KEYS = ("accuracy", "think_share", "think_correct", "response_len", "truncated")
+
+
+THINK_PREFIX, DIRECT_PREFIX = "<think>", "\\boxed{"
+"""The first tokens of the two reply styles: forcing one measures that style's accuracy."""
+SFT_STYLE_NOTE = "replies that think first or answer directly"
+STYLE_NOISE = 0.05
+"""Per-style accuracy changes within this (10 points of 200 problems' binomial noise) count as unchanged."""
+
+
+def read_gain(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """What a change between two probes consists of: the greedy gain, how much of it the switch of reply
+    style explains, and whether each style itself got better — so a style (format) gain is never
+    reported as a reasoning gain."""
+    gain = after["greedy_accuracy"] - before["greedy_accuracy"]
+    shift = after["greedy_think_share"] - before["greedy_think_share"]
+    d_think = after["think_forced_accuracy"] - before["think_forced_accuracy"]
+    d_direct = after["direct_forced_accuracy"] - before["direct_forced_accuracy"]
+    styles_flat = abs(d_think) < STYLE_NOISE and abs(d_direct) < STYLE_NOISE
+    points = f"{100 * gain:+.1f} points greedy"
+    if abs(shift) >= 0.5 and styles_flat:
+        kind = "style selection"
+        finding = (f"{points}: the model learned to reason first (greedy think share {before['greedy_think_share']:.0%} "
+                   f"→ {after['greedy_think_share']:.0%}); each style's own accuracy stayed within noise (think "
+                   f"{100 * d_think:+.1f}, direct {100 * d_direct:+.1f} points), so this is the choice to think, "
+                   "not better reasoning")
+    elif styles_flat:
+        kind = "none"
+        finding = f"{points}: neither the reply style nor either style's accuracy moved beyond noise"
+    else:
+        kind = "style accuracy" if abs(shift) < 0.5 else "style selection and style accuracy"
+        finding = (f"{points}; greedy think share {before['greedy_think_share']:.0%} → {after['greedy_think_share']:.0%}; "
+                   f"accuracy with thinking forced {100 * d_think:+.1f} points, answering directly {100 * d_direct:+.1f}")
+    return {"gain_points": round(100 * gain, 1), "think_share_change": round(shift, 4),
+            "think_forced_change_points": round(100 * d_think, 1),
+            "direct_forced_change_points": round(100 * d_direct, 1), "kind": kind, "finding": finding}
 
 
 def unigram_loss(data_dir: Path) -> float:
@@ -69,14 +110,52 @@ def unigram_loss(data_dir: Path) -> float:
     return float(-(counts["val"] * np.log(p)).sum() / max(counts["val"].sum(), 1))
 
 
-STAGES = ("pretrain", "sft", "grpo")
+PROBLEMS_FILE = "word-problems.jsonl"
+PROBLEM_DOCS = 300
+PROBLEMS_PER_DOC = 20
+CORPUS_SEED = 101
+"""Seed of the pretraining problems (SFT and GRPO draw theirs with run.seed: different problems)."""
+
+
+def write_problem_corpus(path: Path, docs: int, per_doc: int = PROBLEMS_PER_DOC) -> Path:
+    """Training-split word problems of the quickstart task with their worked equations, as pretraining text.
+
+    It is the domain data a team mixes into pretraining: the tokenizer learns the names, units and
+    hanzi of the problems as whole tokens (without it a Chinese character is several byte tokens of a
+    tokenizer trained on code) and the model sees numbers read from stories and added step by step
+    before SFT. Only the train split is drawn (test problems are held out by hash, diji.eval.reasoning),
+    and the text has no chat markup and no reply-style choice: that is SFT's to teach.
+    """
+    from diji.eval.task import get_task
+    from diji.io import atomic_open
+
+    task = get_task(SFT_TASK, think_share=1.0)
+    examples = task.examples("train", docs * per_doc, seed=CORPUS_SEED)
+    with atomic_open(path, "w") as f:
+        for d in range(docs):
+            chunk = examples[d * per_doc : (d + 1) * per_doc]
+            text = "\n\n".join(e.messages[-1]["content"] + "\n" + _plain_solution(e.solution) for e in chunk)
+            f.write(json.dumps({"text": text, "source": "diji.eval.reasoning", "kind": "word-problems"},
+                               ensure_ascii=False) + "\n")
+    return path
+
+
+def _plain_solution(solution: str) -> str:
+    """`<think>\\n7+5=12\\n</think>\\n\\boxed{12}` → `7+5=12\\n\\boxed{12}`: the steps and the answer, no tags."""
+    from diji.eval.verifiers import extract_answer, split_reasoning
+
+    reasoning, _ = split_reasoning(solution)
+    return reasoning.strip() + "\n\\boxed{" + str(extract_answer(solution)) + "}"
+
+
+STAGES = ("pretrain", "sft", "grpo", "grpo-control")
 CHAT_SAMPLES = 3
 """Held-out problems whose greedy replies after SFT and after GRPO the report card shows side by side."""
 
 
 class Quickstart:
-    def __init__(self, out: Path, fast: bool, quiet: bool = False) -> None:
-        self.out, self.fast, self.quiet = out.resolve(), fast, quiet
+    def __init__(self, out: Path, fast: bool, quiet: bool = False, seed: int = 0) -> None:
+        self.out, self.fast, self.quiet, self.seed = out.resolve(), fast, quiet, seed
         self.summary: dict[str, Any] = {"timings": {}, "samples": {}}
         self.t0 = time.perf_counter()
         self._stage_start = self.t0
@@ -88,7 +167,7 @@ class Quickstart:
         self._stage_start = now
 
     def quiet_overrides(self) -> list[str]:
-        return ["run.progress=false"] if self.quiet else []
+        return [f"run.seed={self.seed}", *(["run.progress=false"] if self.quiet else [])]
 
     def say(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
@@ -104,6 +183,7 @@ class Quickstart:
 
         self.say("building the embedded corpus from this machine's Python standard library")
         files = build_default_corpus(self.out / "corpus", max_bytes=(3 if self.fast else 6) * 2**20)
+        files.append(write_problem_corpus(self.out / "corpus" / PROBLEMS_FILE, PROBLEM_DOCS))
         self.say("curating, training a tokenizer and writing token shards")
         data_dir = self.out / "data"
         manifest = prepare(files, data_dir, DataConfig(vocab_size=4096))
@@ -145,7 +225,7 @@ class Quickstart:
         if self.fast:
             overrides += ["train.max_steps=40", "data.task_examples=640", "data.eval_examples=50"]
         cfg = load_config(SFTConfig, None, overrides)
-        self.say(f"SFT on {cfg.data.task_examples} worked arithmetic word problems (en+zh) for {cfg.train.max_steps} steps")
+        self.say(f"SFT on {cfg.data.task_examples} word problems (en+zh; {SFT_STYLE_NOTE}) for {cfg.train.max_steps} steps")
         result = sft(cfg)
         self.summary["sft"] = {"checkpoint": result["checkpoint"], "accuracy": round(result["val_accuracy"], 4)}
         self.timed("sft")
@@ -154,24 +234,72 @@ class Quickstart:
                  f"(well-formed replies {result['val_format']:.1%})")
         return result["checkpoint"]
 
-    def grpo(self, parent: str) -> str:
+    def grpo(self, parent: str, control: bool = False) -> str:
+        """GRPO from the SFT checkpoint; `control` = the same run with the first reply token frozen."""
         from diji.config import load_config
+        from diji.observe.metrics import read_metrics
         from diji.train.grpo import GRPOConfig, grpo
 
-        overrides = [*GRPO_OVERRIDES, *self._stage_overrides("grpo", parent)]
+        name = "grpo-control" if control else "grpo"
+        overrides = [*GRPO_OVERRIDES, *self._stage_overrides(name, parent),
+                     *(["grpo.freeze_first_token=true"] if control else [])]
         if self.fast:
             overrides += ["train.max_steps=10", "grpo.eval_examples=50"]
         cfg = load_config(GRPOConfig, None, overrides)
-        self.say(f"GRPO: {cfg.train.max_steps} steps × {cfg.train.batch_size} problems × {cfg.grpo.group_size} "
-                 "samples, rewarded by the exact-answer verifier")
+        what = "control: the same GRPO with the first reply token frozen" if control else "GRPO"
+        self.say(f"{what}: {cfg.train.max_steps} steps × {cfg.train.batch_size} problems × {cfg.grpo.group_size} "
+                 "samples, rewarded only for a correct final answer")
         result = grpo(cfg)
-        self.summary["grpo"] = {"checkpoint": result["checkpoint"], "accuracy": round(result["val_accuracy"], 4)}
-        self.timed("grpo")
+        curve = [{"step": r["step"], **{k: round(float(r[k]), 4) for k in CURVE_KEYS if k in r}}
+                 for r in read_metrics(Path(cfg.run.out_dir) / name / "metrics.jsonl") if "think_share" in r]
+        key = "control" if control else "grpo"
+        self.summary[key] = {"checkpoint": result["checkpoint"], "accuracy": round(result["val_accuracy"], 4),
+                             "curve": curve}
+        self.timed(name)
         self.save_summary()
         before = self.summary["sft"]["accuracy"]
-        self.say(f"after GRPO: held-out accuracy {result['val_accuracy']:.1%} (SFT: {before:.1%}; "
+        self.say(f"after {what.split(':')[0]}: held-out accuracy {result['val_accuracy']:.1%} (SFT: {before:.1%}; "
                  f"{100 * (result['val_accuracy'] - before):+.1f} points)")
         return result["checkpoint"]
+
+    def probe(self, stage: str, ckpt: str) -> None:
+        """What a checkpoint does on the held-out problems: greedy and sampled accuracy, pass@k, how often
+        it reasons first and how long it writes — and each reply style's accuracy with the first token
+        forced, which separates "chose to think" from "thinks better" (summary.reasoning)."""
+        from diji.data.tokenizer import Tokenizer
+        from diji.eval.task import get_task, score
+        from diji.train.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(ckpt)
+        model, tok = loaded.model.eval(), Tokenizer.from_file(loaded.tokenizer_file)
+        task = get_task(SFT_TASK)
+        examples = task.examples("test", 50 if self.fast else EVAL_EXAMPLES, seed=0)
+        budget = int(dict(o.split("=", 1) for o in GRPO_OVERRIDES)["grpo.max_new_tokens"])
+
+        def length(completions: list[str]) -> float:
+            return sum(len(tok.encode(c, allow_special=True)) for c in completions) / max(len(completions), 1)
+
+        greedy = score(model, tok, task, examples, budget)
+        sampled = score(model, tok, task, examples, budget, temperature=1.0, samples=PROBE_SAMPLES, seed=1)
+        row = {
+            "greedy_accuracy": greedy.accuracy, "greedy_think_share": greedy.think_share,
+            "greedy_reply_tokens": length(greedy.completions),
+            "sampled_accuracy": sampled.accuracy, "sampled_think_share": sampled.think_share,
+            "sampled_reply_tokens": length(sampled.completions), f"pass@{PROBE_SAMPLES}": sampled.pass_at_k,
+            "think_forced_accuracy": score(model, tok, task, examples, budget, prefix=THINK_PREFIX).accuracy,
+            "direct_forced_accuracy": score(model, tok, task, examples, budget, prefix=DIRECT_PREFIX).accuracy,
+        }
+        reasoning = self.summary.setdefault("reasoning", {"task": SFT_TASK, "problems": len(examples),
+                                                          "samples_per_problem": PROBE_SAMPLES})
+        reasoning[stage] = {k: round(v, 4) for k, v in row.items()}
+        if stage != "sft" and "sft" in reasoning:
+            reasoning[f"{stage}_reading"] = read_gain(reasoning["sft"], reasoning[stage])
+        self.timed(f"probe {stage}")
+        self.save_summary()
+        self.say(f"{stage}: greedy {row['greedy_accuracy']:.1%} (thinks on {row['greedy_think_share']:.0%}), "
+                 f"sampled {row['sampled_accuracy']:.1%} (thinks on {row['sampled_think_share']:.0%}), "
+                 f"pass@{PROBE_SAMPLES} {sampled.pass_at_k:.1%}; forced think {row['think_forced_accuracy']:.1%}, "
+                 f"forced direct {row['direct_forced_accuracy']:.1%}")
 
     def evaluate(self, ckpt: str, data_dir: Path) -> None:
         from diji.eval.quick import quickstart_eval
@@ -204,7 +332,7 @@ class Quickstart:
         from diji.model.generate import SamplingParams, generate
         from diji.train.checkpoint import load_checkpoint
 
-        task = get_task("arith")
+        task = get_task(SFT_TASK)
         examples = task.examples("test", CHAT_SAMPLES, seed=1)
         rows: list[dict[str, Any]] = [{"question": e.messages[-1]["content"], "answer": e.answer} for e in examples]
         for stage, ckpt in checkpoints.items():
@@ -219,7 +347,7 @@ class Quickstart:
                             SamplingParams(max_new_tokens=budget, temperature=0.0, stop_ids=tok.stop_ids),
                             pad_id=tok.pad_id)
             for row, e, g in zip(rows, examples, outs, strict=True):
-                reply = tok.decode(g.tokens, skip_special_tokens=True)
+                reply = tok.decode(g.tokens)  # with <think>…</think>: the card shows the reply style
                 row[stage] = {"reply": reply, "correct": bool(task.grade(e, reply).correct)}
         self.summary["samples"]["chat"] = rows
         self.save_summary()
@@ -231,10 +359,11 @@ class Quickstart:
         return html_path
 
 
-def run_quickstart(out: Path, fast: bool = False, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+def run_quickstart(out: Path, fast: bool = False, overwrite: bool = False, quiet: bool = False,
+                   seed: int = 0) -> dict[str, Any]:
     from diji.train.loop import clear_run_dir
 
-    qs = Quickstart(out, fast, quiet)
+    qs = Quickstart(out, fast, quiet, seed)
     if (qs.out / "summary.json").is_file():
         if not overwrite:
             raise DijiError(f"{qs.out} already holds a quickstart; pass --overwrite to run it again there, "
@@ -247,7 +376,12 @@ def run_quickstart(out: Path, fast: bool = False, overwrite: bool = False, quiet
     qs.sample(ckpt)
     qs.timed("base sample")
     sft_ckpt = qs.sft(ckpt)
+    qs.probe("sft", sft_ckpt)
     chat = qs.grpo(sft_ckpt)
+    qs.probe("grpo", chat)
+    control = qs.grpo(sft_ckpt, control=True)
+    qs.probe("control", control)
+    qs.say(qs.summary["reasoning"]["grpo_reading"]["finding"])
     qs.evaluate(chat, data_dir)
     qs.chat_samples({"sft": sft_ckpt, "grpo": chat})
     qs.timed("samples")
@@ -262,7 +396,8 @@ def run_quickstart(out: Path, fast: bool = False, overwrite: bool = False, quiet
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    summary = run_quickstart(Path(args.out), fast=args.fast, overwrite=args.overwrite, quiet=args.quiet)
+    summary = run_quickstart(Path(args.out), fast=args.fast, overwrite=args.overwrite, quiet=args.quiet,
+                             seed=args.seed)
     print(json.dumps(summary, ensure_ascii=False))
     return 0
 
@@ -274,4 +409,5 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="run again in a directory that already holds a quickstart (replaces its runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (stage messages still print)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every training stage (default: 0)")
     p.set_defaults(func=_cmd)

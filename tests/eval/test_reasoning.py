@@ -63,3 +63,33 @@ def test_registry_and_bad_arguments():
         ArithmeticTask(languages=("fr",))
     with pytest.raises(ValueError, match="min_steps"):
         ArithmeticTask(min_steps=3, max_steps=2)
+
+
+def test_mixed_styles_share_the_problems_and_only_the_reply_differs():
+    """arith_mix: `think_share` of train replies reason in <think>, the rest answer directly; the problems
+    themselves do not depend on the share (the style has its own random stream) and test replies are worked."""
+    mix, worked = get_task("arith_mix"), get_task("arith_mix", think_share=1.0)
+    train = mix.examples("train", 1000, seed=3)
+    assert [e.messages for e in train] == [e.messages for e in worked.examples("train", 1000, seed=3)]
+    share = sum(e.meta["think"] for e in train) / len(train)
+    assert abs(share - mix.think_share) < 0.05, share
+    for e in train[:50]:
+        assert e.solution.startswith("<think>") == e.meta["think"]
+        if not e.meta["think"]:
+            assert e.solution == "\\boxed{" + e.answer + "}"
+        assert mix.grade(e, e.solution).correct and e.meta["steps"] == 3
+    assert all(e.meta["think"] for e in mix.examples("test", 50))
+    # One phrasing per operation and language: the English stories use only "buys" and "gives".
+    verbs = {w for e in train if e.meta["lang"] == "en" for w in e.messages[0]["content"].split()
+             if w in ("buys", "finds", "gets", "gives", "loses", "sells", "uses")}
+    assert verbs == {"buys", "gives"}
+    # English equations spell each number as the story does (" 7", with its space); Chinese has no spaces.
+    en = next(e for e in train if e.meta["think"] and e.meta["lang"] == "en")
+    zh = next(e for e in train if e.meta["think"] and e.meta["lang"] == "zh")
+    first = en.solution.split("\n")[1]
+    assert first.startswith(" ") and f" {first.split()[0]} " in en.messages[0]["content"] + " "
+    assert " " not in zh.solution
+    with pytest.raises(ValueError, match="think_share"):
+        ArithmeticTask(think_share=1.5)
+    with pytest.raises(ValueError, match="phrasings"):
+        ArithmeticTask(phrasings=0)

@@ -72,3 +72,10 @@ def test_format_reward():
     assert not format_ok("so <think>a</think>#### 4")  # text before the block
     assert not format_ok("<think>a</think>no number")
     assert math_reward("#### 4", "4") == 1.0 and format_reward("#### 4") == 0.0  # correct but unformatted
+
+
+def test_is_thinking_reads_the_reply_style():
+    from diji.eval.verifiers import is_thinking
+
+    assert is_thinking("<think>\n1+2=3\n</think>\n\\boxed{3}") and is_thinking("  <think>x")
+    assert not is_thinking("\\boxed{3}") and not is_thinking("3 <think>")

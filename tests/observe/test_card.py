@@ -61,6 +61,12 @@ def pipeline(data_dir, tmp_path_factory) -> Path:
         "pretrain": {"checkpoint": str(base.resolve()), "val_loss": 3.1, "unigram_loss": 4.2},
         "sft": {"checkpoint": sft, "accuracy": 0.2}, "grpo": {"checkpoint": grpo, "accuracy": 0.25},
         "eval": {"ppl_bits_per_byte": 2.5},
+        "reasoning": {"task": "arith_mix", "problems": 200, "samples_per_problem": 4,
+                      "sft": {"greedy_accuracy": 0.155, "greedy_think_share": 0.0, "think_forced_accuracy": 0.36,
+                              "direct_forced_accuracy": 0.155, "pass@4": 0.47},
+                      "grpo": {"greedy_accuracy": 0.35, "greedy_think_share": 1.0, "think_forced_accuracy": 0.35,
+                               "direct_forced_accuracy": 0.155, "pass@4": 0.61},
+                      "grpo_reading": {"finding": "+19.5 points greedy: the model learned to reason first"}},
         "timings": {"data": 5.0, "pretrain": 20.0, "sft": 10.0, "grpo": 6.0, "eval": 1.0},
         "samples": {"pretrain": {"prompt": "def ", "text": "f(x): <return>"},
                     "chat": [{"question": "Tom has 3 apples and buys 4. How many?", "answer": "7",
@@ -74,7 +80,7 @@ def pipeline(data_dir, tmp_path_factory) -> Path:
 def test_card_shows_every_part_of_the_pipeline(pipeline):
     html_path, md_path = write_card(pipeline)
     page = html_path.read_text()
-    for section in ("data", "curves", "eval", "before-after", "samples", "timings", "lineage"):
+    for section in ("data", "curves", "eval", "before-after", "reasoning", "samples", "timings", "lineage"):
         assert f'<section id="{section}">' in page
     card = collect(pipeline)
     assert [s["name"] for s in card["stages"]] == ["pretrain", "sft", "grpo"]
@@ -90,6 +96,10 @@ def test_card_shows_every_part_of_the_pipeline(pipeline):
     md = md_path.read_text()
     assert "| mc:cloze | acc | 0.3100 |" in md and "## Lineage" in md and "(answer 7)" in md
     assert any(c in md for c in "▁▂▃▄▅▆▇█")
+    # The reasoning probe: each measure per stage, and what the change consists of.
+    assert "| accuracy, thinking forced | 36.0% | 35.0% |" in md and "| pass@4 (T = 1) | 47.0% | 61.0% |" in md
+    assert "after GRPO: +19.5 points greedy: the model learned to reason first" in md
+    assert "accuracy, direct answer forced" in page and "learned to reason first" in page
 
 
 def test_report_command_writes_the_card_and_refuses_other_folders(pipeline, tmp_path):
@@ -159,11 +169,35 @@ def test_quickstart_records_samples_and_writes_its_card(data_dir, tmp_path):
     qs.summary["pretrain"] = {"checkpoint": result["checkpoint"], "val_loss": result["val_loss"], "unigram_loss": 6.0}
     qs.sample(result["checkpoint"])
     qs.chat_samples({"sft": result["checkpoint"], "grpo": result["checkpoint"]})
+    qs.probe("sft", result["checkpoint"])
+    qs.probe("grpo", result["checkpoint"])
     qs.timed("samples")
     samples = json.loads((tmp_path / "summary.json").read_text())["samples"]
     assert samples["pretrain"]["prompt"] == "def " and len(samples["chat"]) == CHAT_SAMPLES
     assert {"question", "answer", "sft", "grpo"} <= set(samples["chat"][0])
+    reasoning = json.loads((tmp_path / "summary.json").read_text())["reasoning"]
+    assert reasoning["problems"] == 50 and reasoning["sft"] == reasoning["grpo"]  # the same weights twice
+    assert {"greedy_accuracy", "sampled_accuracy", "pass@4", "greedy_think_share", "think_forced_accuracy",
+            "direct_forced_accuracy", "greedy_reply_tokens"} <= set(reasoning["sft"])
+    assert reasoning["grpo_reading"]["gain_points"] == 0.0 and reasoning["grpo_reading"]["kind"] == "none"
     page = qs.card().read_text()
     assert "Held-out problems, greedy replies" in page and (tmp_path / "report.md").is_file()
     with pytest.raises(DijiError, match="already holds a quickstart; pass --overwrite"):
         run_quickstart(tmp_path)
+
+
+def test_the_reading_of_a_gain_separates_choosing_to_think_from_thinking_better():
+    from diji.quickstart import read_gain
+
+    sft = {"greedy_accuracy": 0.15, "greedy_think_share": 0.0, "think_forced_accuracy": 0.36,
+           "direct_forced_accuracy": 0.15}
+    chose = read_gain(sft, {"greedy_accuracy": 0.35, "greedy_think_share": 1.0, "think_forced_accuracy": 0.35,
+                            "direct_forced_accuracy": 0.16})
+    assert chose["kind"] == "style selection" and chose["gain_points"] == 20.0
+    assert "not better reasoning" in chose["finding"]
+    better = read_gain(sft, {"greedy_accuracy": 0.25, "greedy_think_share": 0.0, "think_forced_accuracy": 0.5,
+                             "direct_forced_accuracy": 0.25})
+    assert better["kind"] == "style accuracy" and better["direct_forced_change_points"] == 10.0
+    both = read_gain(sft, {"greedy_accuracy": 0.6, "greedy_think_share": 1.0, "think_forced_accuracy": 0.6,
+                           "direct_forced_accuracy": 0.15})
+    assert both["kind"] == "style selection and style accuracy"

@@ -204,3 +204,79 @@ def test_a_rollout_with_nothing_to_learn_reports_the_same_metrics(data_dir, tmp_
 class ConstantTask(DigitTask):
     def reward(self, example, completion):
         return 1.0
+
+
+def test_kl_mask_leaves_tokens_out_of_the_penalty():
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5]])
+    mask = torch.ones((1, 3), dtype=torch.bool)
+    adv = torch.zeros(1)
+    d = ref - logp
+    k3 = torch.exp(d) - d - 1
+    full, stats = clipped_objective(logp, logp, adv, mask, 0.2, 0.2, ref, 0.5)
+    assert math.isclose(float(full), 0.5 * float(k3.sum()) / 3, rel_tol=1e-6)
+    kl_mask = torch.tensor([[False, True, True]])
+    skipped, stats = clipped_objective(logp, logp, adv, mask, 0.2, 0.2, ref, 0.5, kl_mask=kl_mask)
+    assert math.isclose(float(skipped), 0.5 * float(k3[0, 1:].sum()) / 3, rel_tol=1e-6)
+    assert math.isclose(stats["kl"], float(k3[0, 1:].mean()), rel_tol=1e-6)
+
+
+class ParityTask(DigitTask):
+    """Reward 1 for a reply whose text has odd length: about half of any sample of tokens."""
+
+    def grade(self, example, completion):
+        return Grade(len(completion) % 2 == 1, None, False)
+
+
+def _stage(data_dir, tmp_path, monkeypatch, extra=(), task=None):
+    from diji.data.tokenizer import Tokenizer
+    from diji.train.grpo import GRPOStage
+    from diji.train.lora import LoRAConfig
+    from diji.train.sft import start_from
+
+    monkeypatch.setattr(task_mod, "get_task", lambda name, **kw: task or DigitTask())
+    base = tiny_base(tmp_path, data_dir)
+    cfg = load_config(GRPOConfig, None, grpo_overrides(base, tmp_path) + list(extra))
+    model, tokenizer_file, _ = start_from(str(base), LoRAConfig(), 0)
+    stage = GRPOStage(cfg, Tokenizer.from_file(tokenizer_file), torch.device("cpu"))
+    stage.attach(model)
+    return stage, model
+
+
+def test_rollouts_mark_each_completions_first_token(data_dir, tmp_path, monkeypatch):
+    stage, model = _stage(data_dir, tmp_path, monkeypatch, ['grpo.loss_norm="constant"'])
+    torch.manual_seed(0)
+    batch = stage.rollout()
+    assert batch.ids.shape[0] > 0
+    kept = batch.ids.shape[0] * stage.p.group_size
+    assert int(batch.first.sum()) == kept and not (batch.first & ~batch.mask).any()
+    # A first token's context is the prompt alone: its position is the prompt length - 1 in every segment.
+    for row in range(batch.ids.shape[0]):
+        starts = batch.positions[row][batch.first[row]]
+        assert starts.unique().numel() == 1
+        assert int(starts[0]) == int(batch.positions[row][batch.mask[row]].min())
+    # Dr. GRPO's constant normaliser: batch × G × max_new_tokens, whatever the replies' lengths.
+    assert batch.denom == stage.cfg.train.batch_size * stage.p.group_size * stage.p.max_new_tokens
+    assert {"think_share", "think_correct"} <= set(batch.metrics)
+
+
+def test_a_frozen_first_token_gets_no_policy_gradient(data_dir, tmp_path, monkeypatch):
+    """With one-token replies every trained token is a first token: frozen, the loss has no gradient at
+    all; unfrozen, the same rollout has one."""
+    grads = {}
+    for frozen in (False, True):
+        stage, model = _stage(data_dir, tmp_path / str(frozen), monkeypatch,
+                              ["grpo.max_new_tokens=1", f"grpo.freeze_first_token={str(frozen).lower()}"],
+                              ParityTask())
+        torch.manual_seed(0)
+        batch = stage.rollout()
+        assert batch.ids.shape[0] > 0  # some group disagreed
+        model.zero_grad()
+        stage.loss(model, batch)[0].backward()
+        grads[frozen] = sum(float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None)
+    assert grads[True] == 0.0 and grads[False] > 0.0
+
+
+def test_style_options_are_checked(data_dir, tmp_path):
+    with pytest.raises(DijiError, match="grpo.loss_norm"):
+        load_config(GRPOConfig, None, ['train.init_from="x"', 'grpo.loss_norm="mean"'])

@@ -8,7 +8,7 @@ The task files are generated, never downloaded, and written next to the results 
            against three word-shuffled copies of it (chance = 25 %);
   * math:  GSM8K-style word problems from templates worded differently from the reasoning task's, so
            they measure transfer rather than recall (chat mode for chat-trained models, else 3-shot);
-  * reasoning: the embedded arithmetic task's held-out split (`arith`, 100 problems).
+  * reasoning: the quickstart reasoning task's held-out split (`arith_mix`, 100 problems).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def quickstart_eval(checkpoint: str, data_dir: Path, out_dir: Path, progress: bo
         ("mc_acc", TaskSpec("mc", str(mc_path), f"mc:{mc_path}"), EvalSettings()),
         ("math_pass@1", TaskSpec("math", str(math_path), f"math:{math_path}"),
          EvalSettings(num_fewshot=0 if chat else 3, max_new_tokens=96)),
-        ("reasoning_pass@1", TaskSpec("reasoning", "arith", "arith"), EvalSettings(limit=HELDOUT, max_new_tokens=96)),
+        ("reasoning_pass@1", TaskSpec("reasoning", "arith_mix", "arith_mix"), EvalSettings(limit=HELDOUT, max_new_tokens=96)),
     ]
     bar = progress_bar(progress)
     entry = CheckpointResults(str(checkpoint), lm.lineage.get("weights_sha256", ""))

@@ -86,9 +86,16 @@ class Problem:
         parts.append(f"{n}现在有多少{unit}{noun}？")
         return "".join(parts)
 
-    def solution(self) -> str:
+    def solution(self, think: bool = True, spaced: bool = False) -> str:
+        """The worked reply: one equation per step in <think>…</think>, then the boxed answer; with
+        `think=False` the direct reply, the boxed answer alone. `spaced` writes English equations as
+        ` 7 + 5 = 12`, so every number is the token the story spells it with (` 7`, as in "has 7")."""
+        if not think:
+            return "\\boxed{" + str(self.answer) + "}"
         vals = self.values()
-        steps = [f"{vals[i]}{'+' if s > 0 else '-'}{b}={vals[i + 1]}" for i, (s, b, _) in enumerate(self.ops)]
+        sp = " " if spaced and self.lang == "en" else ""
+        steps = [f"{sp}{vals[i]}{sp}{'+' if s > 0 else '-'}{sp}{b}{sp}={sp}{vals[i + 1]}"
+                 for i, (s, b, _) in enumerate(self.ops)]
         return "<think>\n" + "\n".join(steps) + "\n</think>\n\\boxed{" + str(self.answer) + "}"
 
 
@@ -114,6 +121,9 @@ class ArithmeticTask(Task):
         max_value: int = 12,
         max_operand: int = 5,
         format_weight: float = 0.1,
+        think_share: float = 1.0,
+        phrasings: int = 4,
+        spaced: bool = False,
     ) -> None:
         if not languages or any(lang not in LANGUAGES for lang in languages):
             raise ValueError(f"languages must be a non-empty subset of {LANGUAGES}, got {languages}")
@@ -121,6 +131,11 @@ class ArithmeticTask(Task):
             raise ValueError(f"need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
         if max_operand < 1 or max_value < max_operand + 1:
             raise ValueError(f"need max_operand >= 1 and max_value > max_operand, got {max_operand}, {max_value}")
+        if not 0.0 <= think_share <= 1.0:
+            raise ValueError(f"think_share must be in [0, 1], got {think_share}")
+        if not 1 <= phrasings <= len(_EN_ADD):
+            raise ValueError(f"phrasings must be in 1..{len(_EN_ADD)}, got {phrasings}")
+        self.think_share, self.phrasings, self.spaced = think_share, phrasings, spaced
         self.languages = tuple(languages)
         self.min_steps, self.max_steps = min_steps, max_steps
         self.max_value, self.max_operand = max_value, max_operand
@@ -138,7 +153,7 @@ class ArithmeticTask(Task):
             limit = min(self.max_operand, self.max_value - value if sign > 0 else value)
             b = rng.randint(1, limit)
             value += sign * b
-            ops.append((sign, b, rng.randrange(4)))
+            ops.append((sign, b, rng.randrange(self.phrasings)))
         names = _EN_NAMES if lang == "en" else _ZH_NAMES
         return Problem(lang, rng.randrange(len(names)), rng.randrange(len(_EN_ITEMS)), start, tuple(ops))
 
@@ -146,6 +161,7 @@ class ArithmeticTask(Task):
         self.check_split(split)
         # Different seed streams per split; the hash rule makes them disjoint whatever the seeds.
         rng = random.Random(f"{self.name}/{split}/{seed}")
+        style = random.Random(f"{self.name}/{split}/{seed}/style")
         want_test = split == "test"
         out: list[Example] = []
         while len(out) < n:
@@ -153,12 +169,14 @@ class ArithmeticTask(Task):
             text = p.question()
             if is_test_problem(text) != want_test:
                 continue
+            # The reply style is drawn per problem from its own stream, so the problems do not depend on it.
+            think = split == "test" or style.random() < self.think_share
             out.append(Example(
                 id=f"{split}-{seed}-{len(out)}",
                 messages=({"role": "user", "content": text},),
                 answer=str(p.answer),
-                solution=p.solution(),
-                meta={"lang": p.lang, "steps": len(p.ops)},
+                solution=p.solution(think, self.spaced),
+                meta={"lang": p.lang, "steps": len(p.ops), "think": think},
             ))
         return out
 
@@ -179,3 +197,23 @@ class ArithmeticTaskZh(ArithmeticTask):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(languages=("zh",), **kwargs)
+
+
+class ArithmeticMixTask(ArithmeticTask):
+    """The quickstart's reasoning task: three-step problems whose training replies mix two styles.
+
+    A `think_share` of the worked solutions reasons step by step in <think>…</think>; the rest answer
+    directly (`\\boxed{9}`), so the reply style is the first token the model chooses. Thinking is a chain
+    of one-token lookups (` 7 + 5 = 12`, numbers spelled as in the story), while a direct answer must add
+    three numbers in one token; one phrasing per operation and language keeps each step's sign a lookup,
+    not a reading skill. After SFT the model thinks on a minority of samples and is right far more often
+    when it does — a behaviour RL with a correctness-only reward can select (DeepSeek-R1's rising think
+    share and length, in miniature; docs/LOG.md). Test solutions are worked; grading reads the answer only.
+    """
+
+    name = "arith_mix"
+
+    def __init__(self, **kwargs) -> None:
+        defaults = {"min_steps": 3, "max_steps": 3, "max_value": 12, "max_operand": 5, "think_share": 0.4,
+                    "phrasings": 1, "format_weight": 0.0, "spaced": True}
+        super().__init__(**{**defaults, **kwargs})

@@ -84,6 +84,7 @@ BUILTIN_TASKS: dict[str, str] = {
     "arith": "diji.eval.reasoning:ArithmeticTask",
     "arith_en": "diji.eval.reasoning:ArithmeticTaskEn",
     "arith_zh": "diji.eval.reasoning:ArithmeticTaskZh",
+    "arith_mix": "diji.eval.reasoning:ArithmeticMixTask",
 }
 
 
@@ -121,7 +122,12 @@ class Scored:
     format_rate: float
     """Fraction of completions with a well-formed reply."""
     completions: list[str]
+    """Every completion, example after example (`samples` per example), with the forced prefix."""
     grades: list[Grade]
+    think_share: float = 0.0
+    """Fraction of completions that start by reasoning (`<think>`)."""
+    pass_at_k: float = 0.0
+    """Fraction of examples with at least one correct completion among their `samples`."""
 
 
 def score(
@@ -133,8 +139,15 @@ def score(
     batch_size: int = 64,
     temperature: float = 0.0,
     seed: int = 0,
+    samples: int = 1,
+    prefix: str = "",
 ) -> Scored:
     """Generate a reply to every example (greedy by default) and grade it.
+
+    With `samples` > 1 (and a temperature), each example gets that many sampled replies: `accuracy` is
+    their mean and `pass_at_k` the share of examples solved at least once. A `prefix` (e.g. `<think>`)
+    is written at the start of every reply before the model continues, and graded as part of it: the
+    accuracy of one reply style, whatever the model would have chosen.
 
     Prompts are rendered with the one chat renderer and `add_generation_prompt`, so evaluation sees
     exactly what SFT trained on and what GRPO samples from. Generation is the evaluation harness's own
@@ -149,13 +162,21 @@ def score(
     was_training = model.training
     try:
         lm = LanguageModel(model, tokenizer, batch_size=batch_size)
-        prompts = [render_prompt(list(e.messages), tokenizer) for e in examples]
+        forced = tokenizer.encode(prefix, allow_special=True) if prefix else []
+        prompts = [render_prompt(list(e.messages), tokenizer) + forced for e in examples]
         with torch.no_grad():
             texts = lm.generate(prompts, max_new_tokens, stop_ids=tokenizer.stop_ids, temperature=temperature,
-                                seed=seed)
+                                seed=seed, samples=samples)
     finally:
         model.train(was_training)
-    completions = [t[0] for t in texts]
-    grades = [task.grade(e, c) for e, c in zip(examples, completions, strict=True)]
+    from diji.eval.verifiers import is_thinking
+
+    k = samples if temperature > 0 else 1
+    completions = [prefix + t for group in texts for t in group[:k]]
+    grades = [task.grade(e, c) for e, group in zip(examples, texts, strict=True)
+              for c in (prefix + t for t in group[:k])]
     n = max(len(grades), 1)
-    return Scored(sum(g.correct for g in grades) / n, sum(g.format_ok for g in grades) / n, completions, grades)
+    solved = sum(any(g.correct for g in grades[i * k : (i + 1) * k]) for i in range(len(examples)))
+    return Scored(sum(g.correct for g in grades) / n, sum(g.format_ok for g in grades) / n, completions, grades,
+                  think_share=sum(is_thinking(c) for c in completions) / n,
+                  pass_at_k=solved / max(len(examples), 1))

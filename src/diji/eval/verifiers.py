@@ -35,7 +35,7 @@ from pathlib import Path
 from diji.data.chat import THINK_CLOSE, THINK_OPEN, split_reasoning
 from diji.errors import DijiError
 
-__all__ = ["Verifier", "answers_equal", "extract_answer", "format_ok", "format_reward", "load_verifier",
+__all__ = ["Verifier", "answers_equal", "extract_answer", "format_ok", "format_reward", "is_thinking", "load_verifier",
            "math_reward", "normalize_answer", "normalize_number", "reference_answer", "split_reasoning"]
 
 Verifier = Callable[[str, str], float]
@@ -163,6 +163,11 @@ def format_ok(text: str) -> bool:
         return False
     reasoning, answer = split_reasoning(body)
     return bool(reasoning.strip()) and _NUMBER_RE.search(answer) is not None
+
+
+def is_thinking(text: str) -> bool:
+    """The reply starts by reasoning (`<think>`) rather than answering directly."""
+    return text.lstrip().startswith(THINK_OPEN)
 
 
 def math_reward(text: str, reference: str) -> float:

@@ -22,7 +22,14 @@ from diji.io import atomic_write_text
 from diji.observe.metrics import read_metrics
 from diji.observe.report import COLORS, curve_charts, numeric_series
 
-STAGE_ORDER = ("pretrain", "sft", "grpo")
+STAGE_ORDER = ("pretrain", "sft", "grpo", "control")
+REASONING_MEASURES = [
+    ("greedy_accuracy", "greedy accuracy"), ("greedy_think_share", "greedy replies that think first"),
+    ("sampled_accuracy", "sampled accuracy (T = 1)"), ("sampled_think_share", "sampled replies that think first"),
+    ("pass@4", "pass@4 (T = 1)"), ("think_forced_accuracy", "accuracy, thinking forced"),
+    ("direct_forced_accuracy", "accuracy, direct answer forced"), ("greedy_reply_tokens", "greedy reply tokens"),
+]
+REASONING_STAGES = (("sft", "after SFT"), ("grpo", "after GRPO"), ("control", "GRPO, first token frozen"))
 SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -77,6 +84,22 @@ def before_after(card: dict) -> list[tuple[str, str, float]]:
         if "accuracy" in (s.get(stage) or {}):
             out.append(("held-out accuracy (higher is better)", f"after {stage.upper()}", s[stage]["accuracy"]))
     return [(w, st, float(v)) for w, st, v in out if v is not None]
+
+
+def reasoning_table(card: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, rows, findings) of the reasoning probe: each measure per post-training stage, and what the
+    changes consist of (summary.reasoning, written by the quickstart)."""
+    r = card["summary"].get("reasoning") or {}
+    stages = [(k, label) for k, label in REASONING_STAGES if isinstance(r.get(k), dict)]
+    if not stages:
+        return [], [], []
+    rows = []
+    for key, label in REASONING_MEASURES:
+        if any(key in r[k] for k, _ in stages):
+            fmt = "{:.1f}" if key.endswith("tokens") else "{:.1%}"
+            rows.append([label, *(fmt.format(r[k][key]) if key in r[k] else "" for k, _ in stages)])
+    findings = [f"{label}: {r[f'{k}_reading']['finding']}" for k, label in stages if f"{k}_reading" in r]
+    return ["measure", *(label for _, label in stages)], rows, findings
 
 
 # ---- HTML ---------------------------------------------------------------------------------------------
@@ -182,6 +205,9 @@ def render_html(card: dict) -> str:
     ba_charts = "".join(bar_chart(what, [(st, v) for w, st, v in ba if w == what], fmt="{:.4f}")
                         for what in dict.fromkeys(w for w, _, _ in ba))
     timings = _timing_items(card)
+    r_head, r_rows, r_findings = reasoning_table(card)
+    reasoning = (_table(r_head, r_rows) + "".join(f"<p>{_esc(f)}</p>" for f in r_findings)) if r_rows else \
+        "<p>No reasoning probe recorded.</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>diji report card — {_esc(Path(card['dir']).name)}</title>
 <style>{CSS}</style></head><body>
@@ -194,6 +220,8 @@ def render_html(card: dict) -> str:
 </section>
 <section id="before-after"><h2>Before and after</h2><div class="charts">{ba_charts or '<p>Nothing to compare.</p>'}</div>
 {_table(["measure", "stage", "value"], [[w, st, f"{v:.4f}"] for w, st, v in ba]) if ba else ''}</section>
+<section id="reasoning"><h2>Reasoning: what RL changed ({_esc((s.get('reasoning') or {}).get('problems', ''))}
+held-out problems)</h2>{reasoning}</section>
 <section id="samples"><h2>Sample replies</h2>{_samples_html(card['samples'])}</section>
 <section id="timings"><h2>Timings</h2><div class="charts">{bar_chart("seconds per stage", timings, fmt="{:,.1f} s")}</div>
 </section>
@@ -252,6 +280,9 @@ def render_markdown(card: dict) -> str:
     if ba:
         out += ["## Before and after", "", _md_table(["measure", "stage", "value"],
                                                      [[w, st, f"{v:.4f}"] for w, st, v in ba]), ""]
+    r_head, r_rows, r_findings = reasoning_table(card)
+    if r_rows:
+        out += ["## Reasoning: what RL changed", "", _md_table(r_head, r_rows), "", *(f"- {f}" for f in r_findings), ""]
     samples = card["samples"]
     if samples.get("pretrain"):
         out += ["## Sample replies", "", "Base model:", "", "```", samples["pretrain"]["prompt"]

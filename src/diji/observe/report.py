@@ -17,6 +17,7 @@ from diji.observe.metrics import read_metrics
 GROUPS = [
     ("loss", ["loss", "val_loss"]),
     ("reward / accuracy", ["reward_mean", "accuracy", "val_accuracy"]),
+    ("reply style (share of samples)", ["think_share", "think_correct"]),
     ("learning rate", ["lr"]),
     ("gradient norm", ["grad_norm"]),
     ("throughput (tokens/s)", ["tokens_per_s"]),

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from diji.config import to_dict
+from diji.eval.verifiers import is_thinking
 from diji.errors import DijiError
 from diji.train.config import LoopConfig, OptimConfig, RunConfig
 from diji.train.loop import Job, Trainer, seed_everything
@@ -95,6 +96,16 @@ class GRPOParams:
     entropy_top: float = 1.0
     """Fraction of completion tokens the policy gradient trains: those with the highest policy entropy
     (Wang et al. 2025 use 0.2). 1 = every token."""
+    loss_norm: str = "token"
+    """What the summed token loss is divided by: "token" = the completion tokens of the batch (DAPO's
+    token mean) or "constant" = completions × max_new_tokens (Dr. GRPO, arXiv 2503.20783: a token mean
+    weighs each token of a short reply more than one of a long reply, which biases length)."""
+    kl_skip_first: bool = False
+    """Leave the first completion token out of the KL penalty, so β anchors the reasoning tokens but does
+    not cap how far the choice of reply style (e.g. `<think>` or a direct answer) can move."""
+    freeze_first_token: bool = False
+    """Train no policy gradient on the first completion token (a control: with it, GRPO cannot change
+    which reply style the model starts with, only what it writes after)."""
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -112,6 +123,8 @@ class GRPOParams:
             raise ValueError("grpo.kl_beta and grpo.format_weight must be >= 0")
         if not 0 < self.entropy_top <= 1:
             raise ValueError(f"grpo.entropy_top must be in (0, 1], got {self.entropy_top}")
+        if self.loss_norm not in ("token", "constant"):
+            raise ValueError(f"grpo.loss_norm must be 'token' or 'constant', got {self.loss_norm!r}")
 
 
 @dataclass(frozen=True)
@@ -179,10 +192,11 @@ def forking_tokens(entropy: torch.Tensor, mask: torch.Tensor, top: float) -> tor
 def clipped_objective(
     logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
     clip_low: float, clip_high: float, ref_logp: torch.Tensor | None = None, beta: float = 0.0,
-    denom: float | None = None,
+    denom: float | None = None, kl_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO loss over (B, T) token log-probs; `adv` is (B,) per row or (B, T) per token, `mask` (B, T)
-    marks completion tokens. The sum over tokens is divided by `denom` (default: the tokens in `mask`)."""
+    marks completion tokens. The sum over tokens is divided by `denom` (default: the tokens in `mask`).
+    `kl_mask` (default `mask`) marks the tokens the KL penalty covers."""
     ratio = torch.exp(logp - old_logp)
     a = adv[:, None] if adv.dim() == 1 else adv
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
@@ -194,8 +208,9 @@ def clipped_objective(
     if ref_logp is not None and beta > 0:
         d = ref_logp - logp
         kl = torch.exp(d) - d - 1  # k3: unbiased, always >= 0
-        per_token = per_token + beta * kl
-        stats["kl"] = float((kl.detach() * m).sum() / n)
+        km = m if kl_mask is None else kl_mask.float()
+        per_token = per_token + beta * kl * km
+        stats["kl"] = float((kl.detach() * km).sum() / km.sum().clamp_min(1))
     is_clipped = ((ratio < 1 - clip_low) & (a < 0)) | ((ratio > 1 + clip_high) & (a > 0))
     stats["clip_frac"] = float((is_clipped.float() * m).sum() / n)
     return (per_token * m).sum() / total, stats
@@ -266,6 +281,8 @@ class Rollout:
     denom: float | None = None
     """What this rank divides its token sum by: all ranks' completion tokens / world size, so that the
     data-parallel mean of the ranks' gradients is the gradient of the global token mean."""
+    first: torch.Tensor | None = None
+    """(N, T) True at the first token of every completion (the reply-style choice)."""
 
 
 class GRPOStage:
@@ -341,12 +358,18 @@ class GRPOStage:
         grades = [self.task.grade(e, t) for e, t in zip(examples, texts, strict=True)]
         rewards = torch.tensor([self.task.reward(e, t) for e, t in zip(examples, texts, strict=True)])
         adv = group_advantages(rewards, G, self.p.scale_rewards)
+        thinking = [is_thinking(t) for t in texts]
+        n = len(grades)
         metrics = {
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-            "accuracy": sum(g.correct for g in grades) / len(grades),
-            "format": sum(g.format_ok for g in grades) / len(grades),
+            "accuracy": sum(g.correct for g in grades) / n,
+            "format": sum(g.format_ok for g in grades) / n,
             "response_len": sum(len(g.tokens) for g in gens) / len(gens),
             "truncated": sum(g.finish_reason == "length" for g in gens) / len(gens),
+            # The R1 curve: how often the policy chooses to reason first, and how often that is right
+            # (think_correct / think_share is the accuracy of thinking replies).
+            "think_share": sum(thinking) / n,
+            "think_correct": sum(t and g.correct for t, g in zip(thinking, grades, strict=True)) / n,
         }
         groups = list(range(len(picks)))
         if self.p.kl_beta == 0:  # a unanimous group has Â = 0 everywhere: no gradient, skip its compute
@@ -356,14 +379,20 @@ class GRPOStage:
         completions = [gens[i].tokens + ([gens[i].stop_token] if gens[i].stop_token is not None else [])
                        for g in groups for i in range(g * G, (g + 1) * G)]
         kept = torch.tensor([i for g in groups for i in range(g * G, (g + 1) * G)], dtype=torch.long)
-        denom = self._global_tokens(sum(len(c) for c in completions)) / self.world
+        if self.p.loss_norm == "constant":  # Dr. GRPO: the same divisor whatever the replies' lengths
+            denom = self.cfg.train.batch_size * G * self.p.max_new_tokens / self.world
+        else:
+            denom = self._global_tokens(sum(len(c) for c in completions)) / self.world
         if not groups:
             empty = torch.zeros((0, 1), dtype=torch.long)
             return Rollout(empty, empty, torch.zeros((0, 1, 1, 1), dtype=torch.bool), empty, empty.bool(),
                            empty.float(), None, None, metrics, denom)
-        ids, positions, attn, targets, mask, tok_adv = pack_groups(
-            [self.prompts[picks[g]] for g in groups], completions, adv[kept], self.tok.pad_id)
-        ro = Rollout(ids, positions, attn, targets, mask, tok_adv, None, None, metrics, denom)
+        prompts = [self.prompts[picks[g]] for g in groups]
+        ids, positions, attn, targets, mask, tok_adv = pack_groups(prompts, completions, adv[kept], self.tok.pad_id)
+        # Each completion's positions start at len(prompt) − 1 (pack_groups), which no prompt token has.
+        starts = torch.tensor([len(q) - 1 for q in prompts], dtype=torch.long)[:, None]
+        ro = Rollout(ids, positions, attn, targets, mask, tok_adv, None, None, metrics, denom,
+                     first=mask & (positions == starts))
         if self.p.updates_per_rollout > 1:
             ro.old_logp = self._logprobs(self.model, ro).cpu()
         if self.ref is not None:
@@ -407,6 +436,9 @@ class GRPOStage:
             return zero, {**metrics, **empty}
         d = self.device
         mask, adv = batch.mask.to(d), batch.adv.to(d)
+        first = batch.first.to(d) if batch.first is not None else torch.zeros_like(mask)
+        if self.p.freeze_first_token:
+            adv = adv * ~first
         if self.p.entropy_top < 1.0:
             logp, entropy = self._logprobs(model, batch, with_entropy=True)
             forks = forking_tokens(entropy, mask, self.p.entropy_top)
@@ -417,14 +449,15 @@ class GRPOStage:
         old = batch.old_logp.to(d) if batch.old_logp is not None else logp.detach()
         ref = batch.ref_logp.to(d) if batch.ref_logp is not None else None
         loss, stats = clipped_objective(logp, old, adv, mask, self.p.clip_low, self.p.clip_high, ref,
-                                        self.p.kl_beta, batch.denom)
+                                        self.p.kl_beta, batch.denom,
+                                        kl_mask=mask & ~first if self.p.kl_skip_first else None)
         return loss, {**metrics, **stats, "tokens": int(mask.sum())}
 
     def evaluate(self, model) -> dict[str, float]:
         from diji.eval.task import score
 
         s = score(model, self.tok, self.eval_task, self.eval_set, max_new_tokens=self.p.max_new_tokens)
-        return {"val_accuracy": s.accuracy, "val_format": s.format_rate}
+        return {"val_accuracy": s.accuracy, "val_format": s.format_rate, "val_think_share": s.think_share}
 
     def state_dict(self) -> dict:
         # A pending rollout (μ > 1) is rank 0's share only; under torchrun a resume samples a fresh one.
