@@ -1,9 +1,9 @@
 """LoRA: starts equal to the base, trains only adapters, and merges to a plain model with equal outputs."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch

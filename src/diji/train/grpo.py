@@ -47,8 +47,8 @@ from typing import Any
 import torch
 
 from diji.config import to_dict
-from diji.eval.verifiers import is_thinking
 from diji.errors import DijiError
+from diji.eval.verifiers import is_thinking
 from diji.train.config import LoopConfig, OptimConfig, RunConfig
 from diji.train.loop import Job, Trainer, seed_everything
 from diji.train.lora import LoRAConfig
