@@ -59,7 +59,9 @@ def pipeline(data_dir, tmp_path_factory) -> Path:
                  "val_documents": 5, "train_tokens": 123456, "val_tokens": 7890, "removed": {}, "pii_replaced":
                  {"email": 3}, "stages": stages},
         "pretrain": {"checkpoint": str(base.resolve()), "val_loss": 3.1, "unigram_loss": 4.2},
-        "sft": {"checkpoint": sft, "accuracy": 0.2}, "grpo": {"checkpoint": grpo, "accuracy": 0.25},
+        "sft": {"checkpoint": sft, "accuracy": 0.2}, "grpo": {"checkpoint": grpo, "accuracy": 0.25,
+                                                                  "trend": {"think_share": {"first_third": 0.55, "last_third": 0.85},
+                                                                            "response_len": {"first_third": 16.4, "last_third": 23.6}}},
         "eval": {"ppl_bits_per_byte": 2.5},
         "reasoning": {"task": "arith_mix", "problems": 200, "samples_per_problem": 4,
                       "sft": {"greedy_accuracy": 0.155, "greedy_think_share": 0.0, "think_forced_accuracy": 0.36,
@@ -99,6 +101,7 @@ def test_card_shows_every_part_of_the_pipeline(pipeline):
     # The reasoning probe: each measure per stage, and what the change consists of.
     assert "| accuracy, thinking forced | 36.0% | 35.0% |" in md and "| pass@4 (T = 1) | 47.0% | 61.0% |" in md
     assert "after GRPO: +19.5 points greedy: the model learned to reason first" in md
+    assert "after GRPO rollouts, first → last third of the steps: think share 55% → 85%, response len 16.4 → 23.6 tokens" in md
     assert "accuracy, direct answer forced" in page and "learned to reason first" in page
 
 
@@ -201,3 +204,14 @@ def test_the_reading_of_a_gain_separates_choosing_to_think_from_thinking_better(
     both = read_gain(sft, {"greedy_accuracy": 0.6, "greedy_think_share": 1.0, "think_forced_accuracy": 0.6,
                            "direct_forced_accuracy": 0.15})
     assert both["kind"] == "style selection and style accuracy"
+
+
+def test_the_curve_trend_compares_the_first_and_last_third_of_the_steps():
+    from diji.quickstart import curve_trend
+
+    curve = [{"step": s, "accuracy": 0.1 * (s > 6), "think_share": s / 9, "response_len": 10.0} for s in range(1, 10)]
+    trend = curve_trend(curve)
+    assert trend["accuracy"] == {"first_third": 0.0, "last_third": 0.1}
+    assert trend["think_share"] == {"first_third": round(2 / 9, 4), "last_third": round(8 / 9, 4)}
+    assert trend["response_len"] == {"first_third": 10.0, "last_third": 10.0}
+    assert curve_trend([{"step": 1, "accuracy": 0.5}]) == {}  # one point has no trend

@@ -99,6 +99,13 @@ def reasoning_table(card: dict) -> tuple[list[str], list[list[str]], list[str]]:
             fmt = "{:.1f}" if key.endswith("tokens") else "{:.1%}"
             rows.append([label, *(fmt.format(r[k][key]) if key in r[k] else "" for k, _ in stages)])
     findings = [f"{label}: {r[f'{k}_reading']['finding']}" for k, label in stages if f"{k}_reading" in r]
+    for k, label in stages:  # rollout metrics over the RL run (summary.grpo/control.trend)
+        trend = (card["summary"].get(k) or {}).get("trend") or {}
+        parts = [f"{name.replace('_', ' ')} " + (f"{v['first_third']:.1f} → {v['last_third']:.1f} tokens"
+                 if name == "response_len" else f"{v['first_third']:.0%} → {v['last_third']:.0%}")
+                 for name, v in trend.items()]
+        if parts:
+            findings.append(f"{label} rollouts, first → last third of the steps: " + ", ".join(parts))
     return ["measure", *(label for _, label in stages)], rows, findings
 
 
