@@ -256,7 +256,7 @@ class Quickstart:
         self.timed("sft")
         self.save_summary()
         self.say(f"after SFT: held-out accuracy {result['val_accuracy']:.1%} on {cfg.data.eval_examples} problems "
-                 f"({result['val_format']:.1%} of greedy replies think in <think>…</think> first)")
+                 f"({result['val_format']:.1%} of greedy replies open with a well-formed <think>…</think> trace)")
         return result["checkpoint"]
 
     def grpo(self, parent: str, control: bool = False) -> str:

@@ -59,9 +59,10 @@ def pipeline(data_dir, tmp_path_factory) -> Path:
                  "val_documents": 5, "train_tokens": 123456, "val_tokens": 7890, "removed": {}, "pii_replaced":
                  {"email": 3}, "stages": stages},
         "pretrain": {"checkpoint": str(base.resolve()), "val_loss": 3.1, "unigram_loss": 4.2},
-        "sft": {"checkpoint": sft, "accuracy": 0.2}, "grpo": {"checkpoint": grpo, "accuracy": 0.25,
-                                                                  "trend": {"think_share": {"first_third": 0.55, "last_third": 0.85},
-                                                                            "response_len": {"first_third": 16.4, "last_third": 23.6}}},
+        "sft": {"checkpoint": sft, "accuracy": 0.2},
+        "grpo": {"checkpoint": grpo, "accuracy": 0.25,
+                 "trend": {"think_share": {"first_third": 0.55, "last_third": 0.85},
+                           "response_len": {"first_third": 16.4, "last_third": 23.6}}},
         "eval": {"ppl_bits_per_byte": 2.5},
         "reasoning": {"task": "arith_mix", "problems": 200, "samples_per_problem": 4,
                       "sft": {"greedy_accuracy": 0.155, "greedy_think_share": 0.0, "think_forced_accuracy": 0.36,
