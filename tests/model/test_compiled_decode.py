@@ -1,0 +1,82 @@
+"""The opt-in compiled decode step (DIJI_KERNELS=decode:compiled) gives the reference decode's greedy tokens,
+recompiles when the frozen weights changed, and falls back to the eager packed step when it cannot compile."""
+
+import pytest
+import torch
+
+from diji.compute.fallback import FALLBACKS
+from diji.kernels.registry import REGISTRY
+from diji.model import generate as gen
+from diji.model.generate import SamplingParams, compiled_decode_stats, generate
+from diji.model.transformer import ModelConfig, Transformer
+
+
+def tiny(bias=False, tie=True, seed=3):
+    cfg = ModelConfig(vocab_size=97, hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
+                      num_key_value_heads=2, intermediate_size=80, max_position_embeddings=64,
+                      attention_bias=bias, tie_word_embeddings=tie)
+    m = Transformer(cfg)
+    m.init_weights(seed=seed)
+    with torch.no_grad():  # non-trivial biases and norms so a mistake cannot hide
+        for name, p in m.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
+    return m.eval()
+
+
+def tokens(m, prompts, impl, n=8):
+    with REGISTRY.forced({"decode": impl}):
+        return [g.tokens for g in generate(m, prompts, SamplingParams(max_new_tokens=n))]
+
+
+needs_cxx = pytest.mark.skipif(gen._cxx_compiler() is None, reason="Inductor's C++ backend needs a C++ compiler")
+
+
+@needs_cxx
+def test_compiled_decode_matches_reference():
+    m = tiny(bias=True)
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    ref = tokens(m, prompts, "reference", n=12)
+    assert tokens(m, prompts, "compiled", n=12) == ref
+    stats = compiled_decode_stats(m)
+    assert stats["graphs"] == 1 and stats["failed"] is None and stats["compile_s"] > 0
+    assert tokens(m, prompts, "compiled", n=12) == ref  # the same graph again: no second compile
+    assert compiled_decode_stats(m)["graphs"] == 1
+
+
+@needs_cxx
+@pytest.mark.slow
+def test_compiled_decode_ragged_and_updated_weights():
+    m = tiny(tie=False)
+    ragged = [[5, 6], [9, 10, 11, 12, 13], [4]]
+    assert tokens(m, ragged, "compiled") == tokens(m, ragged, "reference")
+    prompts = [[3, 4, 5]]
+    assert tokens(m, prompts, "compiled") == tokens(m, prompts, "reference")
+    with torch.no_grad():  # an in-place update, as an optimizer step: the frozen constants are stale now
+        for p in m.parameters():
+            p.mul_(1.5)
+    assert tokens(m, prompts, "compiled") == tokens(m, prompts, "reference")
+
+
+def test_compile_failure_falls_back_to_packed(monkeypatch):
+    def broken(*args, **kwargs):
+        def fn(*a, **k):
+            raise RuntimeError("simulated Inductor failure")
+        return fn
+
+    monkeypatch.setattr(gen.torch, "compile", broken)
+    monkeypatch.setattr(gen, "_cxx_compiler", lambda: "c++")
+    m = tiny()
+    prompts = [[5, 6, 7]]
+    assert tokens(m, prompts, "compiled") == tokens(m, prompts, "reference")
+    assert "simulated Inductor failure" in compiled_decode_stats(m)["failed"]
+    assert FALLBACKS.counts().get("kernel:decode:compiled:cpu", 0) >= 1
+    assert tokens(m, prompts, "compiled") == tokens(m, prompts, "packed")  # no retry, still correct
+
+
+def test_no_compiler_falls_back_to_packed(monkeypatch):
+    monkeypatch.setattr(gen, "_cxx_compiler", lambda: None)
+    m = tiny()
+    prompts = [[5, 6, 7], [1, 2, 3]]
+    assert tokens(m, prompts, "compiled") == tokens(m, prompts, "reference")
+    assert "no C++ compiler" in compiled_decode_stats(m)["failed"]
