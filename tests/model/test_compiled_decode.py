@@ -3,31 +3,11 @@ recompiles when the frozen weights changed, and falls back to the eager packed s
 
 import pytest
 import torch
+from test_packed_decode import tiny, tokens  # the same tiny models and decode helper
 
 from diji.compute.fallback import FALLBACKS
-from diji.kernels.registry import REGISTRY
 from diji.model import generate as gen
-from diji.model.generate import SamplingParams, compiled_decode_stats, generate
-from diji.model.transformer import ModelConfig, Transformer
-
-
-def tiny(bias=False, tie=True, seed=3):
-    cfg = ModelConfig(vocab_size=97, hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
-                      num_key_value_heads=2, intermediate_size=80, max_position_embeddings=64,
-                      attention_bias=bias, tie_word_embeddings=tie)
-    m = Transformer(cfg)
-    m.init_weights(seed=seed)
-    with torch.no_grad():  # non-trivial biases and norms so a mistake cannot hide
-        for name, p in m.named_parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
-    return m.eval()
-
-
-def tokens(m, prompts, impl, n=8):
-    with REGISTRY.forced({"decode": impl}):
-        return [g.tokens for g in generate(m, prompts, SamplingParams(max_new_tokens=n))]
-
+from diji.model.generate import compiled_decode_stats
 
 needs_cxx = pytest.mark.skipif(gen._cxx_compiler() is None, reason="Inductor's C++ backend needs a C++ compiler")
 

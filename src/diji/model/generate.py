@@ -281,17 +281,27 @@ def _decode_reference(model: Transformer, tok: torch.Tensor, cache: KVCache, pos
     return model(tok, cache=cache, position_ids=positions, attention_mask=attention_mask)[:, -1]
 
 
-def _decode_packed(model: Transformer, tok: torch.Tensor, cache: KVCache, positions, attention_mask):
-    # Inference-only and dense-only by design (not a fallback): other cases take the reference.
+def _decoder_for(model: Transformer, cache) -> tuple[PackedDecoder | None, bool]:
+    """(the packed decoder for this step, whether it was (re)checked now); None → take the reference.
+
+    Inference-only and dense-only by design (not a fallback): other cases take the reference. The model
+    walk runs once per cache (one generate() call): walking the modules costs ~10x a decode op."""
     if not isinstance(cache, KVCache) or torch.is_grad_enabled():
-        return _decode_reference(model, tok, cache, positions, attention_mask)
+        return None, False
     dec = _PACKED.get(model)
-    if dec is None or dec.checked_for() is not cache:
-        # Once per cache (one generate() call): walking the model's modules costs ~10x a decode op.
-        if not PackedDecoder.supports(model):
-            return _decode_reference(model, tok, cache, positions, attention_mask)
-        dec = _packed(model)
-        dec.checked_for = weakref.ref(cache)
+    if dec is not None and dec.checked_for() is cache:
+        return dec, False
+    if not PackedDecoder.supports(model):
+        return None, False
+    dec = _packed(model)
+    dec.checked_for = weakref.ref(cache)
+    return dec, True
+
+
+def _decode_packed(model: Transformer, tok: torch.Tensor, cache: KVCache, positions, attention_mask):
+    dec, _ = _decoder_for(model, cache)
+    if dec is None:
+        return _decode_reference(model, tok, cache, positions, attention_mask)
     return dec.step(tok, cache, positions, attention_mask)
 
 
@@ -409,15 +419,10 @@ def _decode_compiled(model: Transformer, tok: torch.Tensor, cache: KVCache, posi
     parameters' version counters once per generate call, and recompiled when they changed (an optimizer
     step): correct for training loops, but each update costs a compile. A compile failure (no C++
     compiler, an Inductor error) is a recorded fallback to the eager packed step, once per decoder."""
-    if not isinstance(cache, KVCache) or torch.is_grad_enabled():
+    dec, checked = _decoder_for(model, cache)
+    if dec is None:
         return _decode_reference(model, tok, cache, positions, attention_mask)
-    dec = _PACKED.get(model)
-    if dec is None or dec.checked_for() is not cache:
-        # Once per cache (one generate() call), as in _decode_packed: the model walk, the weights' versions.
-        if not PackedDecoder.supports(model):
-            return _decode_reference(model, tok, cache, positions, attention_mask)
-        dec = _packed(model)
-        dec.checked_for = weakref.ref(cache)
+    if checked:  # once per cache (one generate() call): the weights' versions
         state = dec.__dict__.setdefault("compiled", {"graphs": {}, "failed": None, "seconds": 0.0})
         version = _weights_version(dec)
         if state.get("version") != version:
