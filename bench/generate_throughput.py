@@ -10,7 +10,8 @@ the CPU; DIJI_KERNELS=decode:reference measures the model's plain forward instea
 {"ratio_b1", "ratio_b16", "tokens_identical", ...}: peer = HF at the process's thread setting (what a user
 gets), peer_1thread = HF with diji's decode-thread policy applied by hand (generate.decode_threads).
 `compiled_*` keys: the opt-in compiled decode step (DIJI_KERNELS=decode:compiled: Inductor, C++ wrapper,
-frozen weights — a second copy of the matrices), its tokens vs HF's, and its compile seconds (first call).
+frozen weights — a second copy of the matrices; it keeps the process's threads), its tokens vs HF's, and
+its compile seconds (first call). Rounds alternate the four runs; the medians are compared.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def measure(diji, peer, cfg, args, batch: int, dtype: torch.dtype) -> tuple:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--model", choices=["quickstart", "bench"], default="quickstart")

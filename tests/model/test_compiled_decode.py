@@ -6,6 +6,7 @@ import torch
 from test_packed_decode import tiny, tokens  # the same tiny models and decode helper
 
 from diji.compute.fallback import FALLBACKS
+from diji.kernels.registry import REGISTRY
 from diji.model import generate as gen
 from diji.model.generate import compiled_decode_stats
 
@@ -21,12 +22,29 @@ def test_compiled_decode_matches_reference():
     stats = compiled_decode_stats(m)
     assert stats["graphs"] == 1 and stats["failed"] is None and stats["compile_s"] > 0
     assert tokens(m, prompts, "compiled", n=12) == ref  # the same graph again: no second compile
+    # Another batch size, prompt length and cache length: batch and lengths are symbolic, still one graph.
+    other = [[3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6], [7, 7, 7, 7, 7, 7]]
+    assert tokens(m, other, "compiled", n=20) == tokens(m, other, "reference", n=20)
     assert compiled_decode_stats(m)["graphs"] == 1
+
+
+def test_compiled_decode_keeps_every_thread(monkeypatch):
+    monkeypatch.delenv(gen.DECODE_THREADS_ENV, raising=False)
+    m = tiny()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with REGISTRY.forced({"decode": "packed"}):
+            assert gen.decode_threads(m, 1) == 1  # a small eager step: one thread
+        with REGISTRY.forced({"decode": "compiled"}):
+            assert gen.decode_threads(m, 1) == 2
+    finally:
+        torch.set_num_threads(saved)
 
 
 @needs_cxx
 @pytest.mark.slow
-def test_compiled_decode_ragged_and_updated_weights():
+def test_compiled_decode_ragged_batch1_and_updated_weights():
     m = tiny(tie=False)
     ragged = [[5, 6], [9, 10, 11, 12, 13], [4]]
     assert tokens(m, ragged, "compiled") == tokens(m, ragged, "reference")

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import types
+import warnings
 import weakref
 from dataclasses import dataclass, field
 
@@ -306,12 +307,15 @@ def _decode_packed(model: Transformer, tok: torch.Tensor, cache: KVCache, positi
 
 
 class _StaticStep(torch.nn.Module):
-    """The packed step with every shape fixed, for Inductor: attention over the whole preallocated cache
-    with a mask (positions past the write index masked out), the new k/v written with `index_copy_` at a
-    tensor index, so one graph serves every step of a generate call.
+    """The packed step as one graph for Inductor: the new k/v written with `index_copy_` at a tensor index,
+    attention over the cache's first n positions, n given as the length of a `span` tensor — with n, the
+    cache length and (above batch 1) the batch compiled as symbolic sizes, one graph serves every step of
+    every generate call of a batch class. Attention is spelled as products and sums that Inductor fuses
+    into its own loops: SDPA's CPU kernel or two batched GEMMs each cost ~0.1-0.3 ms a layer at batch 16
+    for what is a few MFLOPs (profiled on an AMD EPYC, docs/LOG.md 2026-12-04).
 
     The weights are registered as buffers (views of the parameters, no copy) so that Inductor's freezing
-    sees them as constants and can prepack the products for MKL — which *does* copy them (see
+    sees them as constants and can prepack the products (MKL or oneDNN) — which *does* copy them (see
     `_decode_compiled`)."""
 
     def __init__(self, dec: PackedDecoder) -> None:
@@ -325,19 +329,20 @@ class _StaticStep(torch.nn.Module):
             self.register_buffer(name, getattr(dec, name), persistent=False)
 
     def forward(self, tok: torch.Tensor, at: torch.Tensor, rope_pos: torch.Tensor, ks: list[torch.Tensor],
-                vs: list[torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
-        """tok (B,), at (1,) the cache index to write, rope_pos (B,) or (1,), mask (B, L) or None → logits (B, V)."""
+                vs: list[torch.Tensor], mask: torch.Tensor | None, span: torch.Tensor) -> torch.Tensor:
+        """tok (B,), at (1,) the cache index to write, rope_pos (B,) or (1,), mask (B, ≥ n) or None, span (n,)
+        with n = at + 1 the positions to attend over → logits (B, V)."""
         dec = self.dec
         B, (H, K, D) = tok.shape[0], (dec.H, dec.K, dec.D)
-        rep, half, L = H // K, D // 2, ks[0].shape[2]
+        rep, half, n = H // K, D // 2, span.shape[0]
         x = self.embed[tok]  # (B, C)
         cos = self.cos.index_select(0, rope_pos)[:, None]  # (B or 1, 1, D)
         sin = self.sin.index_select(0, rope_pos)[:, None]
-        valid = torch.arange(L, device=tok.device) <= at  # (L,)
-        if mask is not None:
-            valid = valid & (mask != 0)  # (B, L)
-        bias = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, float("-inf"))
-        bias = bias.view(-1, 1, 1, L)
+        bias = None
+        if mask is not None:  # (B, 1, 1, n): the left padding of ragged prompts
+            bias = torch.zeros((B, n), dtype=x.dtype, device=x.device).masked_fill(mask[:, :n] == 0, float("-inf"))
+            bias = bias.view(B, 1, 1, n)
+        scale = D ** -0.5
         for i in range(len(dec.layers)):
             w = {n: getattr(self, f"l{i}_{n}", None) for n in ("in_w", "wqkv", "bqkv", "wo", "post_w", "wgu", "wd")}
             qkv = F.linear(dec._rms(x, w["in_w"]), w["wqkv"], w["bqkv"])
@@ -345,7 +350,12 @@ class _StaticStep(torch.nn.Module):
             rot = qk * cos + qk.view(B, H + K, 2, half).flip(2).view(B, H + K, D) * sin
             ks[i].index_copy_(2, at, rot[:, H:, None])
             vs[i].index_copy_(2, at, qkv[:, (H + K) * D :].view(B, K, 1, D))
-            y = F.scaled_dot_product_attention(rot[:, :H].view(B, K, rep, D), ks[i], vs[i], attn_mask=bias)
+            keys, values = ks[i][:, :, None, :n], vs[i][:, :, None, :n]  # (B, K, 1, n, D)
+            q = rot[:, :H].view(B, K, rep, 1, D) * scale  # the rep query heads of each KV head
+            scores = (q * keys).sum(-1)  # (B, K, rep, n)
+            if bias is not None:
+                scores = scores + bias
+            y = (scores.softmax(-1)[..., None] * values).sum(-2)  # (B, K, rep, D)
             x = x + F.linear(y.reshape(B, H * D), w["wo"])
             gu = F.linear(dec._rms(x, w["post_w"]), w["wgu"])
             F_ = gu.shape[-1] // 2
@@ -354,13 +364,9 @@ class _StaticStep(torch.nn.Module):
 
 
 COMPILE_GRAPHS = 8
-"""At most this many compiled decode steps per model (one per batch size × cache bucket × ragged or not ×
-thread count); further shapes take the eager packed step. Each compile costs ~5-15 s here."""
-CACHE_BUCKET = 64
-"""With the compiled decode, KV caches are allocated in multiples of this many positions (capped at the
-model's context), so that generate calls with different lengths share a compiled step. The step attends
-over the whole bucket (masked), so a coarser bucket costs attention: 128 instead of 64 took batch 16 from
-2.18x to ~1.9x HF in bench/generate_throughput.py (prompt 64 + 128 new = 192 positions vs 256)."""
+"""At most this many compiled decode steps per model (one per batch class (1, or more) × ragged or not ×
+thread count; cache length and batch size are symbolic); further ones take the eager packed step. Each
+compile costs ~10-30 s here (batch 1 autotunes its products)."""
 
 
 def _cxx_compiler() -> str | None:
@@ -382,8 +388,7 @@ def _compiled_fn(dec: PackedDecoder, key: tuple):
         FALLBACKS.record("kernel:decode:compiled:cpu", f"decode:compiled needs {state['failed']}; "
                          "using the packed step")
         return None
-    # cpp_wrapper: the graph's kernels are launched from generated C++, not Python (~150 launches a step).
-    # freezing: weights become constants, the products are prepacked for MKL (the batch-16 gain).
+    # Compiled under _inductor_options (C++ wrapper, frozen weights), on the first call.
     step = _StaticStep(dec)
     # Dynamo caches graphs per code object and does not guard on *which* tensors the buffers are; frozen,
     # their values are baked into the graph, so another model of the same shape (or these weights after
@@ -401,19 +406,47 @@ _COMPILES = 0
 # Compiled decode steps made so far in this process (names each one's code object).
 
 
-def _inductor_options():
-    # Set around the compiling call, not passed as torch.compile(options=…): freezing given that way was
-    # not applied (measured: batch 16 as slow as without it).
+def _inductor_options(batch: int):
+    """cpp_wrapper: the graph's kernels are launched from generated C++, not Python. freezing: weights
+    become constants, the products prepacked. At batch 1, max_autotune with Inductor's own C++ GEMM
+    template next to ATen: on an AMD EPYC its autotuning timed the template 3-5x faster than MKL for each
+    of the step's products, and the compiled step went from 2.5x to ~6x HF generate (docs/LOG.md
+    2026-12-04). Set around the compiling call, not passed as
+    torch.compile(options=…): freezing given that way was not applied (batch 16 as slow as without it)."""
     import torch._inductor.config as inductor_config
 
-    return inductor_config.patch(cpp_wrapper=True, freezing=True)
+    extra = {}
+    if batch == 1:  # and without printing its per-choice timing tables to stderr
+        extra = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+                 "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
+    return inductor_config.patch(cpp_wrapper=True, freezing=True, **extra)
+
+
+def _mark_symbolic(args: tuple, batch: int) -> None:
+    """Compile the cache length, the attended span and (above batch 1) the batch as symbolic sizes: one
+    graph for every step and cache. A symbolic batch also makes Inductor prepack the products for oneDNN
+    rather than MKL, 1.6-3x faster for the step's products at batch 16 on an AMD EPYC (docs/LOG.md)."""
+    tok, _, rope_pos, ks, vs, mask, span = args
+    mark = torch._dynamo.mark_dynamic
+    mark(span, 0)
+    for t in (*ks, *vs):
+        mark(t, 2)
+        if batch > 1:
+            mark(t, 0)
+    if mask is not None:
+        mark(mask, 1)
+    if batch > 1:  # batch 1 would be specialised anyway (Dynamo's 0/1 rule); a (1,) tensor stays static
+        mark(tok, 0)
+        if mask is not None:
+            mark(mask, 0)
+            mark(rope_pos, 0)
 
 
 def _decode_compiled(model: Transformer, tok: torch.Tensor, cache: KVCache, positions, attention_mask):
     """The packed step compiled by Inductor: opt-in (DIJI_KERNELS=decode:compiled), for long `generate`
     runs on fixed weights (`diji generate`/`eval`, benchmarks); `diji serve`'s engine runs its own slot cache.
 
-    Costs: a compile of ~5-15 s per (batch, cache bucket, ragged, threads), logged; and, because Inductor
+    Costs: a compile of ~10-30 s per (batch 1 or more, ragged, threads), logged; and, because Inductor
     freezes the weights to prepack them, a *second copy of the matrices* per compiled shape (what one copy
     of the weights at serve time gave up — hence opt-in). The frozen weights are checked against the
     parameters' version counters once per generate call, and recompiled when they changed (an optimizer
@@ -432,20 +465,22 @@ def _decode_compiled(model: Transformer, tok: torch.Tensor, cache: KVCache, posi
     start = cache.length
     if start >= cache.max_len:
         raise ValueError(f"KV cache full: {start} + 1 tokens exceed its {cache.max_len} positions")
-    key = (tok.shape[0], cache.max_len, attention_mask is not None, torch.get_num_threads())
+    B = tok.shape[0]
+    key = (min(B, 2), attention_mask is not None, torch.get_num_threads())
     fn = _compiled_fn(dec, key)
     if fn is None:
         return dec.step(tok, cache, positions, attention_mask)
     at = torch.tensor([start], device=tok.device)
     rope_pos = positions[:, 0] if positions is not None else at
-    mask = attention_mask
-    if mask is not None and mask.shape[1] != cache.max_len:  # generate's mask spans the unrounded length
-        mask = F.pad(mask[:, : cache.max_len], (0, max(0, cache.max_len - mask.shape[1])))
-    args = (tok[:, 0], at, rope_pos, cache.k, cache.v, mask)
+    span = torch.empty(start + 1, dtype=torch.uint8, device=tok.device)  # its length is what counts
+    args = (tok[:, 0], at, rope_pos, cache.k, cache.v, attention_mask, span)
     if key not in state["graphs"]:
+        _mark_symbolic(args, B)
         t0 = time.perf_counter()
         try:
-            with _inductor_options():
+            with _inductor_options(B), warnings.catch_warnings():
+                # Inductor's autotuner calls the deprecated Tensor.storage(): not the user's business
+                warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
                 logits = fn(*args)
         except Exception as e:  # noqa: BLE001 — any compile error (Inductor, the C++ compiler) → eager
             state["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
@@ -455,10 +490,13 @@ def _decode_compiled(model: Transformer, tok: torch.Tensor, cache: KVCache, posi
         seconds = time.perf_counter() - t0
         state["seconds"] += seconds
         state["graphs"][key] = fn
-        log.info("decode:compiled: compiled the step for batch %d, cache %d, ragged %s, %d threads in %.1f s",
-                 *key, seconds)
+        log.info("decode:compiled: compiled the step for batch %s, ragged %s, %d threads in %.1f s",
+                 "1" if B == 1 else "2+", *key[1:], seconds)
     else:
-        logits = fn(*args)
+        # One graph per compiled function (a fresh code object each) and inputs that match its key by
+        # construction: Dynamo's guards (~60-150 µs a step) have nothing to choose between, so skip them.
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            logits = fn(*args)
     cache._pending = 1  # the step wrote position `start` of every layer itself (index_copy_)
     cache.advance()
     return logits
@@ -483,14 +521,6 @@ def _register_decode() -> None:
                           why="the packed step compiled whole by Inductor (C++ wrapper, frozen weights)")
 
 
-def _cache_len(model: Transformer, device: torch.device, dtype: torch.dtype, total: int) -> int:
-    """KV cache positions for a generate call: `total`, rounded up to CACHE_BUCKET for the compiled decode."""
-    _register_decode()
-    if REGISTRY.choose("decode", device.type, dtype).impl.name != "compiled":
-        return total
-    return min(-(-total // CACHE_BUCKET) * CACHE_BUCKET, model.config.max_position_embeddings)
-
-
 def decode_step(model: Transformer, tok: torch.Tensor, cache: KVCache, positions=None, attention_mask=None):
     """Logits (B, V) for one new token per row, through the decode implementation chosen for the device."""
     _register_decode()
@@ -509,13 +539,19 @@ def decode_threads(model: Transformer, batch: int) -> int:
     A decode step is ~10 ops per layer on (B, C) rows: each is microseconds of work, so an intra-op thread
     pool's fork/join per op costs more than it saves, and on a shared CPU a descheduled worker stalls
     every op. Measured here (docs/LOG.md 2026-12-03, quickstart size, load ~4 on 2 cores): 2 threads
-    decode 8x slower at batch 1 and 5x slower at batch 16 than 1 thread. Prefill keeps every thread."""
+    decode 8x slower at batch 1 and 5x slower at batch 16 than 1 thread. Prefill keeps every thread.
+    The compiled decode (a few dozen fused kernels a step, not ~150 ops) keeps every thread too: on a
+    quiet 2-core AMD EPYC, 2 threads ran it 1.3x faster at batch 1 and ~1.7x at batch 16 (docs/LOG.md)."""
     forced = os.environ.get(DECODE_THREADS_ENV)
     if forced:
         try:
             return max(1, int(forced))
         except ValueError:
             raise DijiError(f"{DECODE_THREADS_ENV} must be a positive integer, got '{forced}'") from None
+    weight = model.model.embed_tokens.weight
+    _register_decode()
+    if REGISTRY.choose("decode", weight.device.type, weight.dtype).impl.name == "compiled":
+        return torch.get_num_threads()
     cfg = model.config
     macs = batch * (cfg.num_params(include_embedding=False, active=True) + cfg.vocab_size * cfg.hidden_size)
     return 1 if macs < SMALL_STEP_MACS else torch.get_num_threads()
@@ -591,7 +627,7 @@ def generate(
             attn[i, P - len(p) : P] = 1
         positions = (attn[:, :P].cumsum(-1) - 1).clamp_min(0)
 
-    cache = KVCache(model.config, len(prompts), _cache_len(model, device, dtype, total), device, dtype)
+    cache = KVCache(model.config, len(prompts), total, device, dtype)
     logits = model(ids, cache=cache, position_ids=positions, attention_mask=attn)[:, -1]
     if n > 1:  # copy each prompt's cache, last logits and mask to its n sample rows
         rows = torch.arange(len(prompts), device=device).repeat_interleave(n)
